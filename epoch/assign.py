@@ -1,0 +1,319 @@
+"""Assignment of stream messages to epoch commits, by stream position alone.
+
+:class:`Assigner` is a pure state machine: fed the stream's messages in sequence
+order, it returns a :class:`SealedEpoch` each time a seal closes epochs. Every
+decision depends only on the messages before it in the stream, so every peer makes
+the same ones (contract item 5):
+
+* An op whose epoch (the window holding its HLC wall time) is already sealed is
+  *late*: carried into the next commit (default) or rejected, by config.
+* An op more than ``max_future_epochs`` past the last sealed epoch is rejected.
+* A message that is not a batch, or an op that does not validate, is rejected.
+* Rejections, schema messages and late ops are attached to the first commit sealed
+  after their stream position.
+* The *first* ``seal k`` in stream order with ``k`` above the last sealed epoch
+  closes every epoch up to ``k``: one commit, numbered ``k``. Later copies are ignored.
+
+Resume rule (contract item 10). After commit ``k`` the peer stores ``seal_seq`` and
+``resume_seq``: the lowest stream sequence still buffered (ops of later epochs read
+before the seal), or ``seal_seq + 1``. A restarted peer builds an assigner with
+:meth:`Assigner.resume` and reads the stream from ``resume_seq`` on: it re-makes
+the same decisions, and every commit up to ``k`` it would emit again is dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from epoch.config import ConfigChange, DatabaseConfig, LatePolicy, Timeline, check_change
+from epoch.errors import ConfigRejected
+from oplog.codec import canonical_bytes, canonical_json, decode_batch, decode_json, decode_op, raw_op_id
+from oplog.errors import CodecError
+from oplog.op import Op
+
+NO_EPOCH = -(2**62)
+MAX_RECORDED_PAYLOAD = 65_536
+
+
+class Reason:
+    """Rejection codes recorded at assignment time (the materializer adds its own)."""
+
+    MALFORMED = "malformed"
+    INVALID_OP = "invalid_op"
+    OVERSIZE = "oversize"
+    LATE = "late"
+    FUTURE = "future"
+    NO_CONFIG = "no_config"
+    BAD_CONFIG = "bad_config"
+    UNKNOWN_SUBJECT = "unknown_subject"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamMessage:
+    """One stream message as the assigner sees it."""
+
+    seq: int
+    kind: str  # ops | seal | config | schema | unknown (see oplog.topology)
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """An op accepted into a commit; ``late`` if it was carried past its own epoch."""
+
+    seq: int
+    index: int
+    op: Op
+    epoch: int
+    late: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """Something recorded as rejected; ``index`` is the op's place in its batch, or -1."""
+
+    seq: int
+    index: int
+    op_id: str | None
+    reason: str
+    detail: str
+    payload: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """A schema or config message, applied at the commit it is attached to."""
+
+    seq: int
+    kind: str
+    body: Any
+
+
+@dataclass(frozen=True)
+class SealedEpoch:
+    """Everything one epoch commit is made from."""
+
+    epoch: int
+    first_epoch: int
+    seal_seq: int
+    resume_seq: int
+    end_ms: int
+    config: DatabaseConfig
+    ops: tuple[Accepted, ...]
+    rejected: tuple[Rejected, ...]
+    controls: tuple[Control, ...]
+
+
+@dataclass
+class Assigner:
+    """The assignment state machine of one database (see module docstring)."""
+
+    config: DatabaseConfig | None = None
+    timeline: Timeline | None = None
+    last_sealed: int = NO_EPOCH
+    committed_through: int = NO_EPOCH
+    _pending: list[Accepted] = field(default_factory=list)
+    _carried: list[Accepted] = field(default_factory=list)
+    _rejected: list[Rejected] = field(default_factory=list)
+    _controls: list[Control] = field(default_factory=list)
+
+    @classmethod
+    def resume(
+        cls,
+        config_log: list[tuple[int, Any]],
+        resume_seq: int,
+        sealed_before_resume: int,
+        committed_through: int,
+    ) -> Assigner:
+        """The assigner as it stood just before stream sequence ``resume_seq``.
+
+        ``config_log`` is every config message recorded in Dolt as ``(seq, body)``;
+        those before ``resume_seq`` are replayed, the rest will be read again from the
+        stream. ``sealed_before_resume`` is the highest epoch whose seal came before
+        ``resume_seq``; commits up to ``committed_through`` are not emitted again.
+        """
+        assigner = cls(committed_through=committed_through)
+        for seq, body in sorted(config_log, key=lambda row: row[0]):
+            if seq < resume_seq:
+                assigner._apply_config(seq, body)
+        assigner._controls.clear()
+        assigner._rejected.clear()
+        assigner.last_sealed = sealed_before_resume
+        return assigner
+
+    @property
+    def resume_seq_hint(self) -> int | None:
+        """Lowest stream sequence still buffered, if any."""
+        buffered = [a.seq for a in self._pending] + [a.seq for a in self._carried]
+        buffered += [r.seq for r in self._rejected] + [c.seq for c in self._controls]
+        return min(buffered) if buffered else None
+
+    def feed(self, message: StreamMessage) -> SealedEpoch | None:
+        """Take the next stream message; return the commit it seals, if any."""
+        if message.kind == "ops":
+            self._take_ops(message)
+        elif message.kind == "seal":
+            return self._take_seal(message)
+        elif message.kind == "config":
+            try:
+                body = decode_json(message.payload)
+            except CodecError as e:
+                self._reject(message.seq, -1, None, Reason.BAD_CONFIG, str(e), message.payload)
+            else:
+                self._apply_config(message.seq, body)
+        elif message.kind == "schema":
+            try:
+                self._controls.append(Control(message.seq, "schema", decode_json(message.payload)))
+            except CodecError as e:
+                self._reject(message.seq, -1, None, Reason.MALFORMED, f"schema message: {e}", message.payload)
+        else:
+            self._reject(
+                message.seq,
+                -1,
+                None,
+                Reason.UNKNOWN_SUBJECT,
+                "message on a subject oplog does not use",
+                message.payload,
+            )
+        return None
+
+    # -- ops -----------------------------------------------------------------------
+
+    def _take_ops(self, message: StreamMessage) -> None:
+        seq = message.seq
+        try:
+            raws = decode_batch(message.payload)
+        except CodecError as e:
+            self._reject(seq, -1, None, Reason.MALFORMED, str(e), message.payload)
+            return
+        config, timeline = self.config, self.timeline
+        for index, raw in enumerate(raws):
+            if config is None or timeline is None:
+                self._reject(
+                    seq, index, raw_op_id(raw), Reason.NO_CONFIG, "op published before the database's config", raw
+                )
+                continue
+            try:
+                size = len(canonical_bytes(raw))
+            except TypeError:
+                size = 0
+            if size > config.max_op_bytes:
+                self._reject(
+                    seq,
+                    index,
+                    raw_op_id(raw),
+                    Reason.OVERSIZE,
+                    f"op is {size} bytes; the limit is {config.max_op_bytes}",
+                    raw,
+                )
+                continue
+            try:
+                op = decode_op(raw)
+            except CodecError as e:
+                self._reject(seq, index, raw_op_id(raw), Reason.INVALID_OP, str(e), raw)
+                continue
+            epoch = timeline.epoch_of(op.hlc.wall_ms)
+            if epoch <= self.last_sealed:
+                if config.late_policy is LatePolicy.REJECT:
+                    self._reject(
+                        seq,
+                        index,
+                        op.id,
+                        Reason.LATE,
+                        f"epoch {epoch} was already sealed (through {self.last_sealed})",
+                        raw,
+                    )
+                else:
+                    self._carried.append(Accepted(seq, index, op, epoch, late=True))
+            elif self.last_sealed != NO_EPOCH and epoch > self.last_sealed + config.max_future_epochs:
+                self._reject(
+                    seq,
+                    index,
+                    op.id,
+                    Reason.FUTURE,
+                    f"epoch {epoch} is more than {config.max_future_epochs} epochs past the last sealed "
+                    f"epoch {self.last_sealed}; the producer's clock is probably fast",
+                    raw,
+                )
+            else:
+                self._pending.append(Accepted(seq, index, op, epoch))
+
+    def _reject(self, seq: int, index: int, op_id: str | None, reason: str, detail: str, payload: Any = None) -> None:
+        self._rejected.append(Rejected(seq, index, op_id, reason, detail, _recordable(payload)))
+
+    # -- config ----------------------------------------------------------------------
+
+    def _apply_config(self, seq: int, body: Any) -> None:
+        kind = body.get("type") if isinstance(body, dict) else None
+        try:
+            if kind == "init":
+                config = DatabaseConfig.model_validate(body)
+                if self.config is None:
+                    self.config, self.timeline = config, Timeline.from_config(config)
+                    self._controls.append(Control(seq, "config", config.model_dump(mode="json")))
+                elif config != self.config:
+                    raise ConfigRejected("the database is already initialized with a different config")
+            elif kind == "change":
+                change = ConfigChange.model_validate(body)
+                if self.config is None or self.timeline is None:
+                    raise ConfigRejected("a config change before the database's init")
+                check_change(change, self.timeline, self.last_sealed, self.config)
+                self.timeline = self.timeline.with_change(change)
+                self._controls.append(Control(seq, "config", change.model_dump(mode="json")))
+            else:
+                raise ConfigRejected(f"config message type {kind!r} is not 'init' or 'change'")
+        except (ValidationError, ConfigRejected) as e:
+            detail = str(e).splitlines()[0] if isinstance(e, ValidationError) else str(e)
+            self._reject(seq, -1, None, Reason.BAD_CONFIG, detail, body)
+
+    # -- seals -----------------------------------------------------------------------
+
+    def _take_seal(self, message: StreamMessage) -> SealedEpoch | None:
+        try:
+            body = orjson.loads(message.payload)
+            epoch = body["epoch"]
+            if type(epoch) is not int:
+                raise TypeError
+        except (orjson.JSONDecodeError, TypeError, KeyError):
+            self._reject(
+                message.seq, -1, None, Reason.MALFORMED, 'a seal message must be {"epoch": <integer>}', message.payload
+            )
+            return None
+        if self.config is None or self.timeline is None or epoch <= self.last_sealed:
+            return None  # nothing to seal yet, or a later copy of a seal already applied
+        first = self.timeline.epoch_of(self.config.origin_ms) if self.last_sealed == NO_EPOCH else self.last_sealed + 1
+        first = min(first, epoch)
+        taken = [a for a in self._pending if a.epoch <= epoch]
+        self._pending = [a for a in self._pending if a.epoch > epoch]
+        sealed = SealedEpoch(
+            epoch=epoch,
+            first_epoch=first,
+            seal_seq=message.seq,
+            resume_seq=min((a.seq for a in self._pending), default=message.seq + 1),
+            end_ms=self.timeline.end_ms(epoch),
+            config=self.config,
+            ops=tuple(self._carried) + tuple(taken),
+            rejected=tuple(self._rejected),
+            controls=tuple(self._controls),
+        )
+        self.last_sealed = epoch
+        self._carried, self._rejected, self._controls = [], [], []
+        if epoch <= self.committed_through:
+            return None  # already in Dolt: we are replaying after a restart
+        return sealed
+
+
+def _recordable(payload: Any) -> str:
+    """What a rejection row keeps of the rejected input (it is also in the stream)."""
+    if payload is None:
+        return ""
+    if isinstance(payload, bytes):
+        return payload[:MAX_RECORDED_PAYLOAD].decode("utf-8", errors="replace")
+    try:
+        return canonical_json(payload)[:MAX_RECORDED_PAYLOAD]
+    except CodecError:
+        return repr(payload)[:MAX_RECORDED_PAYLOAD]

@@ -1,0 +1,153 @@
+"""Epoch configuration and the arithmetic of windows under a config history.
+
+Epoch ``k`` of a segment is the window ``[start + (k - first)·L, start + (k - first + 1)·L)``.
+A config change names the epoch from which it applies; its segment starts exactly at
+the end of the previous epoch, so boundaries never jump, and the change must lie
+beyond every epoch an op could already have been assigned to (see
+:func:`check_change`), so no assignment is ever revised.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal, NamedTuple
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from epoch.errors import ConfigRejected
+from oplog.schema import format_epoch_ms
+from oplog.topology import DEFAULT_MAX_OP_BYTES
+
+DEFAULT_EPOCH_MS = 1000
+DEFAULT_GRACE_MS = 500
+DEFAULT_MAX_FUTURE_EPOCHS = 600
+DEFAULT_DEDUP_EPOCHS = 3600
+
+
+class LatePolicy(StrEnum):
+    """What to do with an op whose epoch was already sealed when it reached the stream."""
+
+    CARRY = "carry"  # apply it in the next epoch commit (its HLC still orders it)
+    REJECT = "reject"  # record it as rejected
+
+
+class DatabaseConfig(BaseModel):
+    """The config a database is created with: the first ``init`` on its config subject.
+
+    Everything that shapes a commit and is not in the ops lives here, so that every
+    peer reads it from the same stream message.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    type: Literal["init"] = "init"
+    db: str
+    origin_ms: int = Field(ge=0)
+    epoch_ms: int = Field(DEFAULT_EPOCH_MS, ge=10)
+    grace_ms: int = Field(DEFAULT_GRACE_MS, ge=0)
+    late_policy: LatePolicy = LatePolicy.CARRY
+    max_future_epochs: int = Field(DEFAULT_MAX_FUTURE_EPOCHS, ge=1)
+    dedup_epochs: int = Field(DEFAULT_DEDUP_EPOCHS, ge=1)
+    max_op_bytes: int = Field(DEFAULT_MAX_OP_BYTES, gt=0)
+    author_name: str = Field("oplog", min_length=1)
+    author_email: str = Field("oplog@localhost", min_length=3)
+
+
+class ConfigChange(BaseModel):
+    """A later change of epoch length and grace, from ``effective_epoch`` on."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    type: Literal["change"] = "change"
+    effective_epoch: int
+    epoch_ms: int = Field(ge=10)
+    grace_ms: int = Field(ge=0)
+
+
+class Segment(NamedTuple):
+    """Epochs ``first_epoch, first_epoch + 1, …`` of length ``epoch_ms`` from ``start_ms``."""
+
+    first_epoch: int
+    start_ms: int
+    epoch_ms: int
+    grace_ms: int
+
+
+class Timeline:
+    """Epoch windows under a config history (an immutable value)."""
+
+    def __init__(self, segments: tuple[Segment, ...]) -> None:
+        if not segments:
+            raise ValueError("a timeline needs at least one segment")
+        self.segments = segments
+
+    @classmethod
+    def from_config(cls, config: DatabaseConfig) -> Timeline:
+        return cls((Segment(0, config.origin_ms, config.epoch_ms, config.grace_ms),))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Timeline) and other.segments == self.segments
+
+    def __repr__(self) -> str:
+        return f"Timeline({self.segments!r})"
+
+    def _segment_of_epoch(self, epoch: int) -> Segment:
+        for segment in reversed(self.segments):
+            if epoch >= segment.first_epoch:
+                return segment
+        return self.segments[0]  # epochs before the origin extend the first segment
+
+    def epoch_of(self, wall_ms: int) -> int:
+        """The epoch whose window holds ``wall_ms`` (negative before the origin)."""
+        for segment in reversed(self.segments):
+            if wall_ms >= segment.start_ms:
+                break
+        else:
+            segment = self.segments[0]
+        return segment.first_epoch + (wall_ms - segment.start_ms) // segment.epoch_ms
+
+    def start_ms(self, epoch: int) -> int:
+        segment = self._segment_of_epoch(epoch)
+        return segment.start_ms + (epoch - segment.first_epoch) * segment.epoch_ms
+
+    def end_ms(self, epoch: int) -> int:
+        """Exclusive end of epoch ``epoch``'s window; also its commit date."""
+        return self.start_ms(epoch + 1)
+
+    def seal_due_ms(self, epoch: int) -> int:
+        """When a sealer may propose ``seal epoch``: its end plus its grace."""
+        return self.end_ms(epoch) + self._segment_of_epoch(epoch).grace_ms
+
+    def last_sealable(self, now_ms: int) -> int:
+        """The highest epoch whose seal is due at ``now_ms``."""
+        epoch = self.epoch_of(now_ms)
+        while self.seal_due_ms(epoch) > now_ms:
+            epoch -= 1
+        return epoch
+
+    def with_change(self, change: ConfigChange) -> Timeline:
+        start = self.end_ms(change.effective_epoch - 1)
+        kept = tuple(s for s in self.segments if s.first_epoch < change.effective_epoch)
+        return Timeline(kept + (Segment(change.effective_epoch, start, change.epoch_ms, change.grace_ms),))
+
+    def describe(self, epoch: int) -> str:
+        return f"epoch {epoch} [{format_epoch_ms(self.start_ms(epoch))}, {format_epoch_ms(self.end_ms(epoch))})"
+
+
+def check_change(change: ConfigChange, timeline: Timeline, last_sealed: int, config: DatabaseConfig) -> None:
+    """Refuse a change that could revise an epoch already open to ops.
+
+    Ops are accepted up to ``last_sealed + max_future_epochs``, and a later change must
+    come after the last one.
+    """
+    earliest = last_sealed + config.max_future_epochs + 2
+    if change.effective_epoch < earliest:
+        raise ConfigRejected(
+            f"config change effective at epoch {change.effective_epoch} is too soon: ops may "
+            f"already be assigned up to epoch {earliest - 1}; choose epoch {earliest} or later"
+        )
+    if change.effective_epoch <= timeline.segments[-1].first_epoch:
+        raise ConfigRejected(
+            f"config change effective at epoch {change.effective_epoch} does not come after the "
+            f"previous change (epoch {timeline.segments[-1].first_epoch})"
+        )

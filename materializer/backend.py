@@ -1,0 +1,114 @@
+"""The backend interface: where epoch commits are written.
+
+A backend owns one Dolt database. Contract, for every implementation (checked by
+one contract suite in ``tests/test_backend_contract.py`` run against each):
+
+* ``commit_epoch(plan)`` writes everything in the plan and makes exactly ONE Dolt
+  commit with the plan's author, date and message, and tags it ``epoch-<k>``. It is
+  all-or-nothing: after a crash the database is at the previous commit or at this
+  one, never in between (the epochs row is inside the commit, so "applied" and
+  "recorded as applied" cannot disagree).
+* Two backends holding the same genesis, given the same sequence of plans, produce
+  the same commit hashes, whatever their clocks, whenever they run.
+* Reads see the last commit; nothing reads uncommitted state.
+* Driver errors are mapped to :class:`~materializer.errors.BackendError` at the
+  backend's edge (``TransientBackendError`` when retrying can help).
+
+Internal tables (prefix ``oplog_``, reserved for producers): ``oplog_epochs`` (one
+row per commit: progress), ``oplog_rejections``, ``oplog_op_ids`` (the dedup
+horizon), ``oplog_tables`` (declared schemas), ``oplog_config`` (the config log),
+``oplog_tombstones`` (strategy meta of deleted rows). Every user table has one extra
+column, ``_oplog_meta``: the strategy's canonical JSON bookkeeping for that row.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+from materializer.plan import EpochPlan, EpochRow, Key
+from materializer.strategy import RowState
+from oplog.schema import TableSchema
+
+META_COLUMN = "_oplog_meta"
+EPOCH_TAG_PREFIX = "epoch-"
+
+
+def epoch_tag(epoch: int) -> str:
+    return f"{EPOCH_TAG_PREFIX}{epoch}"
+
+
+class Backend(ABC):
+    """One peer's Dolt database."""
+
+    name: str
+
+    @abstractmethod
+    def open(self) -> None:
+        """Connect; the database may not exist yet (see :meth:`is_initialized`)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections; idempotent."""
+
+    def __enter__(self) -> Backend:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- genesis -----------------------------------------------------------------------
+
+    @abstractmethod
+    def is_initialized(self) -> bool:
+        """Whether this database already holds a genesis."""
+
+    @abstractmethod
+    def create_genesis(self) -> bytes:
+        """Create the genesis here (internal tables, one commit) and return an
+        artifact from which :meth:`install_genesis` makes an identical one elsewhere."""
+
+    @abstractmethod
+    def install_genesis(self, artifact: bytes) -> None:
+        """Make this database's genesis from another peer's artifact."""
+
+    # -- reads ---------------------------------------------------------------------------
+
+    @abstractmethod
+    def head(self) -> str:
+        """The hash of the current commit."""
+
+    @abstractmethod
+    def last_epoch(self) -> EpochRow | None:
+        """The progress row of the last epoch commit, or None right after genesis."""
+
+    @abstractmethod
+    def sealed_before(self, seq: int) -> int | None:
+        """The highest committed epoch whose seal has stream sequence < ``seq``."""
+
+    @abstractmethod
+    def config_log(self) -> list[tuple[int, Any]]:
+        """Every config message applied so far, as ``(seq, body)``."""
+
+    @abstractmethod
+    def tables(self) -> dict[str, TableSchema]:
+        """The declared tables at the last commit."""
+
+    @abstractmethod
+    def read_rows(self, table: TableSchema, keys: list[Key]) -> dict[Key, RowState]:
+        """Stored rows and tombstones of ``keys``; keys never written are left out."""
+
+    @abstractmethod
+    def known_op_ids(self, ids: list[str]) -> dict[str, str]:
+        """``id -> digest`` for the ids among ``ids`` inside the dedup horizon."""
+
+    @abstractmethod
+    def epoch_hashes(self, since_epoch: int | None = None) -> list[tuple[int, str]]:
+        """``(epoch, commit hash)`` of every epoch commit (from ``since_epoch`` on)."""
+
+    # -- write ---------------------------------------------------------------------------
+
+    @abstractmethod
+    def commit_epoch(self, plan: EpochPlan) -> str:
+        """Write ``plan`` as one Dolt commit and return its hash (see module contract)."""

@@ -1,0 +1,336 @@
+"""The doltlite backend: Dolt's storage and version control in an embedded,
+SQLite-compatible engine. The zero-setup default.
+
+``import doltlite`` must run before anything imports ``sqlite3`` (otherwise it
+re-execs the interpreter); the ``oplog`` entry point and the test suite import it
+first. Child processes must be started without ``_DOLTLITE_BOOTSTRAPPED`` in their
+environment (see :func:`child_env`).
+
+Writes happen in one SQLite transaction that also runs ``dolt_commit`` and
+``dolt_tag``, so a crash leaves the database at the previous commit or the new one.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import doltlite  # noqa: F401  (must precede sqlite3)
+import orjson
+
+from materializer.backend import EPOCH_TAG_PREFIX, META_COLUMN, Backend, epoch_tag
+from materializer.errors import BackendError, TransientBackendError
+from materializer.plan import EpochPlan, EpochRow, Key, TableChange, key_text
+from materializer.strategy import RowState
+from oplog.codec import canonical_json
+from oplog.schema import ColumnType, TableSchema
+
+GENESIS_AUTHOR = "oplog <oplog@localhost>"
+GENESIS_DATE = "2000-01-01T00:00:00Z"
+CHUNK = 400  # keys per IN (...) query; SQLite's default variable limit is 32766
+
+SQL_TYPES = {
+    ColumnType.INTEGER: "INTEGER",
+    ColumnType.DECIMAL: "TEXT",
+    ColumnType.FLOAT: "REAL",
+    ColumnType.TEXT: "TEXT",
+    ColumnType.BOOLEAN: "INTEGER",
+    ColumnType.JSON: "TEXT",
+    ColumnType.BYTES: "BLOB",
+    ColumnType.TIMESTAMP: "TEXT",
+}
+
+INTERNAL_DDL = (
+    """CREATE TABLE oplog_epochs (epoch INTEGER PRIMARY KEY, first_epoch INTEGER NOT NULL,
+       seal_seq INTEGER NOT NULL, resume_seq INTEGER NOT NULL, end_ms INTEGER NOT NULL,
+       applied INTEGER NOT NULL, rejected INTEGER NOT NULL, duplicates INTEGER NOT NULL,
+       late INTEGER NOT NULL, digest TEXT NOT NULL)""",
+    """CREATE TABLE oplog_rejections (seq INTEGER NOT NULL, idx INTEGER NOT NULL,
+       epoch INTEGER NOT NULL, op_id TEXT, reason TEXT NOT NULL, detail TEXT NOT NULL,
+       payload TEXT NOT NULL, PRIMARY KEY (seq, idx))""",
+    """CREATE TABLE oplog_op_ids (id TEXT PRIMARY KEY, digest TEXT NOT NULL, epoch INTEGER NOT NULL)""",
+    "CREATE INDEX oplog_op_ids_epoch ON oplog_op_ids (epoch)",
+    """CREATE TABLE oplog_tables (name TEXT PRIMARY KEY, definition TEXT NOT NULL, epoch INTEGER NOT NULL)""",
+    """CREATE TABLE oplog_config (seq INTEGER PRIMARY KEY, body TEXT NOT NULL, epoch INTEGER NOT NULL)""",
+    """CREATE TABLE oplog_tombstones (tbl TEXT NOT NULL, pk TEXT NOT NULL, meta TEXT NOT NULL,
+       PRIMARY KEY (tbl, pk))""",
+)
+
+
+def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """An environment for a child process that will import doltlite itself."""
+    result = dict(os.environ if env is None else env)
+    result.pop("_DOLTLITE_BOOTSTRAPPED", None)
+    return result
+
+
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def create_table_sql(table: TableSchema) -> str:
+    columns = [f"{quote(c.name)} {SQL_TYPES[c.type]}{'' if c.nullable else ' NOT NULL'}" for c in table.columns]
+    columns.append(f"{quote(META_COLUMN)} TEXT NOT NULL")
+    pk = ", ".join(quote(c) for c in table.primary_key)
+    return f"CREATE TABLE {quote(table.name)} ({', '.join(columns)}, PRIMARY KEY ({pk}))"
+
+
+def table_change_sql(change: TableChange) -> list[str]:
+    if change.before is None:
+        return [create_table_sql(change.after)]
+    known = {c.name for c in change.before.columns}
+    return [
+        f"ALTER TABLE {quote(change.after.name)} ADD COLUMN {quote(c.name)} {SQL_TYPES[c.type]}"
+        for c in change.after.columns
+        if c.name not in known
+    ]
+
+
+class DoltliteBackend(Backend):
+    """A doltlite database file."""
+
+    name = "doltlite"
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._conn: sqlite3.Connection | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def open(self) -> None:
+        if self._conn is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._mapped():
+            self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._conn.execute("PRAGMA busy_timeout = 10000")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise BackendError(f"doltlite database {self.path} is not open; call open() first")
+        return self._conn
+
+    @contextmanager
+    def _mapped(self) -> Iterator[None]:
+        """Map driver errors to ours, at this one edge."""
+        try:
+            yield
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e) or "busy" in str(e):
+                raise TransientBackendError(f"doltlite {self.path}: {e}; retry") from e
+            raise BackendError(f"doltlite {self.path}: {e}") from e
+        except sqlite3.Error as e:
+            raise BackendError(f"doltlite {self.path}: {e}") from e
+
+    def _query(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._mapped():
+            return self.conn.execute(sql, params).fetchall()
+
+    # -- genesis -------------------------------------------------------------------------
+
+    def is_initialized(self) -> bool:
+        rows = self._query("SELECT 1 FROM sqlite_master WHERE name = 'oplog_epochs'")
+        return bool(rows)
+
+    def create_genesis(self) -> bytes:
+        # Built in a scratch file and then installed, so a crash half-way never leaves
+        # a half-made genesis under the real path.
+        with tempfile.TemporaryDirectory() as scratch:
+            path = Path(scratch) / "genesis.db"
+            with self._mapped():
+                conn = sqlite3.connect(path, isolation_level=None)
+                try:
+                    conn.execute("BEGIN")
+                    for ddl in INTERNAL_DDL:
+                        conn.execute(ddl)
+                    conn.execute(
+                        "SELECT dolt_commit('-A', '--author', ?, '--date', ?, '-m', 'genesis')",
+                        (GENESIS_AUTHOR, GENESIS_DATE),
+                    )
+                    conn.execute("COMMIT")
+                finally:
+                    conn.close()
+            artifact = path.read_bytes()
+        self.install_genesis(artifact)
+        return artifact
+
+    def install_genesis(self, artifact: bytes) -> None:
+        was_open = self._conn is not None
+        self.close()
+        tmp = self.path.with_name(self.path.name + ".genesis-tmp")
+        tmp.write_bytes(artifact)
+        os.replace(tmp, self.path)
+        if was_open:
+            self.open()
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def head(self) -> str:
+        return str(self._query("SELECT dolt_hashof('HEAD')")[0][0])
+
+    def last_epoch(self) -> EpochRow | None:
+        rows = self._query(
+            "SELECT epoch, first_epoch, seal_seq, resume_seq, end_ms, applied, rejected, duplicates,"
+            " late, digest FROM oplog_epochs ORDER BY epoch DESC LIMIT 1"
+        )
+        return EpochRow(*rows[0]) if rows else None
+
+    def sealed_before(self, seq: int) -> int | None:
+        rows = self._query("SELECT MAX(epoch) FROM oplog_epochs WHERE seal_seq < ?", (seq,))
+        return rows[0][0]
+
+    def config_log(self) -> list[tuple[int, Any]]:
+        return [
+            (seq, orjson.loads(body)) for seq, body in self._query("SELECT seq, body FROM oplog_config ORDER BY seq")
+        ]
+
+    def tables(self) -> dict[str, TableSchema]:
+        return {
+            name: TableSchema.model_validate_json(definition)
+            for name, definition in self._query("SELECT name, definition FROM oplog_tables ORDER BY name")
+        }
+
+    def read_rows(self, table: TableSchema, keys: list[Key]) -> dict[Key, RowState]:
+        result: dict[Key, RowState] = {}
+        if not keys:
+            return result
+        pk = table.primary_key
+        value_cols = [c.name for c in table.value_columns]
+        select = ", ".join(quote(c) for c in (*pk, *value_cols, META_COLUMN))
+        target = f"({', '.join(quote(c) for c in pk)})"
+        width = len(pk)
+        for start in range(0, len(keys), CHUNK):
+            chunk = keys[start : start + CHUNK]
+            values = ", ".join(["(" + ", ".join("?" * width) + ")"] * len(chunk))
+            params = [part for key in chunk for part in key]
+            for row in self._query(
+                f"SELECT {select} FROM {quote(table.name)} WHERE {target} IN (VALUES {values})", params
+            ):
+                key = tuple(row[:width])
+                result[key] = RowState(dict(zip(value_cols, row[width:-1], strict=True)), orjson.loads(row[-1]))
+            texts = {key_text(key): key for key in chunk}
+            marks = ", ".join("?" * len(chunk))
+            for pk_text, meta in self._query(
+                f"SELECT pk, meta FROM oplog_tombstones WHERE tbl = ? AND pk IN ({marks})",
+                [table.name, *texts],
+            ):
+                result[texts[pk_text]] = RowState(None, orjson.loads(meta))
+        return result
+
+    def known_op_ids(self, ids: list[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for start in range(0, len(ids), CHUNK):
+            chunk = ids[start : start + CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            found.update(self._query(f"SELECT id, digest FROM oplog_op_ids WHERE id IN ({marks})", chunk))
+        return found
+
+    def epoch_hashes(self, since_epoch: int | None = None) -> list[tuple[int, str]]:
+        rows = self._query("SELECT tag_name, tag_hash FROM dolt_tags")
+        pairs = [
+            (int(name[len(EPOCH_TAG_PREFIX) :]), str(tag_hash))
+            for name, tag_hash in rows
+            if name.startswith(EPOCH_TAG_PREFIX)
+        ]
+        return sorted(p for p in pairs if since_epoch is None or p[0] >= since_epoch)
+
+    # -- write ---------------------------------------------------------------------------
+
+    def commit_epoch(self, plan: EpochPlan) -> str:
+        conn = self.conn
+        row = plan.epoch
+        with self._mapped():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for change in plan.table_changes:
+                    for sql in table_change_sql(change):
+                        conn.execute(sql)
+                    conn.execute(
+                        "INSERT OR REPLACE INTO oplog_tables (name, definition, epoch) VALUES (?, ?, ?)",
+                        (change.after.name, canonical_json(change.after.model_dump(mode="json")), row.epoch),
+                    )
+                for writes in plan.writes:
+                    self._write_table(writes.table, writes.upserts, writes.deletes, writes.cleared_tombstones)
+                conn.executemany(
+                    "INSERT OR REPLACE INTO oplog_op_ids (id, digest, epoch) VALUES (?, ?, ?)",
+                    [(op_id, d, row.epoch) for op_id, d in plan.op_ids],
+                )
+                conn.execute("DELETE FROM oplog_op_ids WHERE epoch < ?", (plan.prune_op_ids_before,))
+                conn.executemany(
+                    "INSERT INTO oplog_rejections (seq, idx, epoch, op_id, reason, detail, payload)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(r.seq, r.index, row.epoch, r.op_id, r.reason, r.detail, r.payload) for r in plan.rejections],
+                )
+                conn.executemany(
+                    "INSERT INTO oplog_config (seq, body, epoch) VALUES (?, ?, ?)",
+                    [(seq, body, row.epoch) for seq, body in plan.config_rows],
+                )
+                conn.execute(
+                    "INSERT INTO oplog_epochs (epoch, first_epoch, seal_seq, resume_seq, end_ms, applied,"
+                    " rejected, duplicates, late, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        row.epoch,
+                        row.first_epoch,
+                        row.seal_seq,
+                        row.resume_seq,
+                        row.end_ms,
+                        row.applied,
+                        row.rejected,
+                        row.duplicates,
+                        row.late,
+                        row.digest,
+                    ),
+                )
+                commit = plan.commit
+                (commit_hash,) = conn.execute(
+                    "SELECT dolt_commit('-A', '--author', ?, '--date', ?, '-m', ?)",
+                    (commit.author, commit.date, commit.message),
+                ).fetchone()
+                conn.execute("SELECT dolt_tag(?)", (epoch_tag(row.epoch),))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        return str(commit_hash)
+
+    def _write_table(
+        self,
+        table: TableSchema,
+        upserts: list[tuple[Key, dict[str, Any], dict[str, Any]]],
+        deletes: list[tuple[Key, dict[str, Any]]],
+        cleared: list[Key],
+    ) -> None:
+        conn = self.conn
+        pk = table.primary_key
+        value_cols = [c.name for c in table.value_columns]
+        if upserts:
+            cols = ", ".join(quote(c) for c in (*pk, *value_cols, META_COLUMN))
+            marks = ", ".join("?" * (len(pk) + len(value_cols) + 1))
+            conn.executemany(
+                f"INSERT OR REPLACE INTO {quote(table.name)} ({cols}) VALUES ({marks})",
+                [(*key, *(values.get(c) for c in value_cols), canonical_json(meta)) for key, values, meta in upserts],
+            )
+        if deletes:
+            where = " AND ".join(f"{quote(c)} = ?" for c in pk)
+            conn.executemany(f"DELETE FROM {quote(table.name)} WHERE {where}", [key for key, _ in deletes])
+            conn.executemany(
+                "INSERT OR REPLACE INTO oplog_tombstones (tbl, pk, meta) VALUES (?, ?, ?)",
+                [(table.name, key_text(key), canonical_json(meta)) for key, meta in deletes],
+            )
+        if cleared:
+            conn.executemany(
+                "DELETE FROM oplog_tombstones WHERE tbl = ? AND pk = ?",
+                [(table.name, key_text(key)) for key in cleared],
+            )

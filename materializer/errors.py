@@ -1,0 +1,59 @@
+"""Errors raised by the ``materializer`` package.
+
+Hierarchy::
+
+    OplogError (oplog.errors)
+    └── MaterializerError
+        ├── OpRejected         one op cannot be applied; recorded, never raised past an epoch
+        ├── StrategyError      a strategy name that is not registered, or a broken plugin
+        ├── BackendError       the database failed (driver errors mapped at the backend edge)
+        │   └── TransientBackendError   worth retrying (lost connection, lock timeout)
+        ├── StreamGap          the consumer saw a sequence gap it could not repair
+        ├── GenesisError       the shared genesis could not be created or fetched
+        └── Divergence         this peer's hash for an epoch differs from other peers'
+"""
+
+from __future__ import annotations
+
+from oplog.errors import OplogError
+
+
+class MaterializerError(OplogError):
+    """Base class of the materializer's errors."""
+
+
+class OpRejected(MaterializerError):
+    """An op that cannot be applied; carries a stable reason code and a detail."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class StrategyError(MaterializerError, LookupError):
+    """A strategy that is not registered, or a plugin that does not load."""
+
+
+class BackendError(MaterializerError):
+    """The database failed; ``retryable`` says whether the same call may succeed."""
+
+
+class TransientBackendError(BackendError):
+    retryable = True
+
+
+class StreamGap(MaterializerError):
+    """Stream sequences were not contiguous and re-reading did not repair it."""
+
+    retryable = True
+
+
+class GenesisError(MaterializerError):
+    """The shared genesis database could not be created or fetched."""
+
+    retryable = True
+
+
+class Divergence(MaterializerError):
+    """Peers disagree on an epoch's commit hash: the determinism contract broke."""

@@ -1,0 +1,77 @@
+"""Wire codec (orjson) and canonical JSON.
+
+A batch message is ``{"v": 1, "ops": [op, ...]}``. Decoding happens in two steps so
+that one bad op cannot sink its neighbours: :func:`decode_batch` splits the message
+into raw op dicts (failing only if the message as a whole is not a batch), and
+:func:`decode_op` validates each one.
+
+Canonical JSON (sorted keys, no whitespace, UTF-8) is what gets written into Dolt and
+hashed, so it must render the same value the same way on every peer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from oplog.errors import CodecError
+from oplog.op import Op
+
+WIRE_VERSION = 1
+
+
+def canonical_json(value: Any) -> str:
+    """Render ``value`` as canonical JSON text (sorted keys, compact)."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError as e:
+        raise CodecError(f"value is not JSON-serializable: {e}") from e
+
+
+def canonical_bytes(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+def digest(value: Any) -> str:
+    """SHA-256 (hex) of the canonical JSON of ``value``."""
+    return hashlib.sha256(canonical_bytes(value)).hexdigest()
+
+
+def encode_batch(ops: list[Op]) -> bytes:
+    return orjson.dumps({"v": WIRE_VERSION, "ops": [op.to_wire() for op in ops]})
+
+
+def decode_json(payload: bytes) -> Any:
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError as e:
+        raise CodecError(f"message is not valid JSON: {e}") from e
+
+
+def decode_batch(payload: bytes) -> list[Any]:
+    """Split a batch message into raw (unvalidated) op objects."""
+    message = decode_json(payload)
+    if not isinstance(message, dict) or not isinstance(message.get("ops"), list):
+        raise CodecError('a batch message must be a JSON object with an "ops" array')
+    if message.get("v", WIRE_VERSION) != WIRE_VERSION:
+        raise CodecError(f"unsupported batch version {message.get('v')!r}; expected {WIRE_VERSION}")
+    return message["ops"]
+
+
+def decode_op(raw: Any) -> Op:
+    """Validate one raw op; raises :class:`CodecError` naming every bad field."""
+    try:
+        return Op.model_validate(raw)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'op'}: {err['msg']}" for err in e.errors())
+        raise CodecError(f"invalid op: {problems}") from None
+
+
+def raw_op_id(raw: Any) -> str | None:
+    """The id of a raw op if it has a usable one (for recording rejections)."""
+    if isinstance(raw, dict) and isinstance(raw.get("id"), str) and raw["id"]:
+        return raw["id"][:200]
+    return None

@@ -1,0 +1,251 @@
+"""Backend-neutral table declarations and canonical values.
+
+A table is declared once (columns with types, a primary key, a strategy name) on the
+stream's schema subject; each backend renders its own DDL from it. Values are
+normalized here to one canonical Python form per type, so that every peer writes the
+same bytes whatever the producer sent (``1`` vs ``1.0`` for a float, key order in a
+JSON value, ``"2026-01-01T00:00:00Z"`` vs epoch milliseconds for a timestamp).
+
+Evolution rule (checked by :func:`evolve`): a table may be added, and a nullable
+column may be added to an existing table. Anything else is a :class:`SchemaError`.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from oplog.codec import canonical_json
+from oplog.errors import SchemaError
+from oplog.op import TABLE_NAME, check_table_name
+
+RESERVED_COLUMN_PREFIX = "_oplog"
+MAX_INTEGER = 2**63 - 1
+
+
+class ColumnType(StrEnum):
+    INTEGER = "integer"
+    DECIMAL = "decimal"
+    FLOAT = "float"
+    TEXT = "text"
+    BOOLEAN = "boolean"
+    JSON = "json"
+    BYTES = "bytes"
+    TIMESTAMP = "timestamp"
+
+
+class Column(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    name: str
+    type: ColumnType
+    nullable: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not TABLE_NAME.match(value) or value.startswith(RESERVED_COLUMN_PREFIX):
+            raise ValueError(
+                f"column name {value!r} must start with a letter, hold only letters, digits "
+                f"and underscores, and not start with {RESERVED_COLUMN_PREFIX!r}"
+            )
+        return value
+
+
+class TableSchema(BaseModel):
+    """One table: its columns, primary key (single or composite) and strategy."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    name: str
+    columns: tuple[Column, ...] = Field(min_length=1)
+    primary_key: tuple[str, ...] = Field(min_length=1)
+    strategy: str = "lww"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_table_name(value)
+
+    @field_validator("primary_key", mode="before")
+    @classmethod
+    def _pk(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TableSchema:
+        names = [c.name for c in self.columns]
+        if len(set(n.lower() for n in names)) != len(names):
+            raise ValueError(f"table {self.name!r} declares a column twice")
+        by_name = {c.name: c for c in self.columns}
+        for pk in self.primary_key:
+            column = by_name.get(pk)
+            if column is None:
+                raise ValueError(f"primary key column {pk!r} is not a column of {self.name!r}")
+            if column.nullable:
+                raise ValueError(f"primary key column {pk!r} must be declared nullable: false")
+            if column.type not in (ColumnType.TEXT, ColumnType.INTEGER):
+                raise ValueError(f"primary key column {pk!r} must be text or integer")
+        return self
+
+    def column(self, name: str) -> Column | None:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        return None
+
+    @property
+    def value_columns(self) -> tuple[Column, ...]:
+        return tuple(c for c in self.columns if c.name not in self.primary_key)
+
+
+class SchemaMessage(BaseModel):
+    """What is published on the schema subject: tables to declare or evolve."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    tables: tuple[TableSchema, ...] = Field(min_length=1)
+
+
+def evolve(current: TableSchema | None, proposed: TableSchema) -> TableSchema:
+    """Return the schema to use after ``proposed`` is declared over ``current``.
+
+    Allowed: a new table; re-declaring the same table; adding nullable columns.
+    Raises :class:`SchemaError` for anything else, saying what was refused.
+    """
+    if current is None or current == proposed:
+        return proposed
+    name = proposed.name
+    if proposed.strategy != current.strategy:
+        raise SchemaError(
+            f"table {name!r}: strategy cannot change from {current.strategy!r} to "
+            f"{proposed.strategy!r}; declare a new table instead"
+        )
+    if proposed.primary_key != current.primary_key:
+        raise SchemaError(f"table {name!r}: the primary key cannot change")
+    proposed_by_name = {c.name: c for c in proposed.columns}
+    for old in current.columns:
+        new = proposed_by_name.get(old.name)
+        if new is None:
+            raise SchemaError(f"table {name!r}: column {old.name!r} cannot be dropped")
+        if new != old:
+            raise SchemaError(
+                f"table {name!r}: column {old.name!r} cannot change from {old.type.value}"
+                f"{'' if old.nullable else ' not null'} to {new.type.value}"
+                f"{'' if new.nullable else ' not null'}"
+            )
+    old_names = {c.name for c in current.columns}
+    for new in proposed.columns:
+        if new.name not in old_names and not new.nullable:
+            raise SchemaError(
+                f"table {name!r}: added column {new.name!r} must be nullable, since existing rows have no value for it"
+            )
+    # Keep the existing column order and append the new columns in declared order.
+    added = tuple(c for c in proposed.columns if c.name not in old_names)
+    return current.model_copy(update={"columns": current.columns + added})
+
+
+def normalize_value(column: Column, value: Any) -> Any:
+    """The canonical Python value for ``value`` in ``column``; raises SchemaError."""
+    if value is None:
+        if not column.nullable:
+            raise SchemaError(f"column {column.name!r} is not nullable")
+        return None
+    try:
+        return _NORMALIZERS[column.type](value)
+    except (TypeError, ValueError, ArithmeticError) as e:
+        raise SchemaError(f"column {column.name!r} ({column.type.value}): cannot take {value!r}: {e}") from None
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("expected an integer")
+    if abs(value) > MAX_INTEGER:
+        raise ValueError("out of the signed 64-bit range")
+    return value
+
+
+def _decimal(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, str, float)):
+        raise TypeError("expected a decimal string or number")
+    number = Decimal(str(value))
+    if not number.is_finite():
+        raise ValueError("not a finite decimal")
+    # Fixed-point rendering, trailing zeros dropped: "1.50" and "1.5" are one value.
+    text = format(number.normalize(), "f")
+    return "0" if text in ("-0", "0") else text
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError("expected a number")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError("not a finite number")
+    return 0.0 if number == 0 else number
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError("expected a string")
+    return value
+
+
+def _boolean(value: Any) -> int:
+    if not isinstance(value, bool):
+        raise TypeError("expected true or false")
+    return int(value)
+
+
+def _json(value: Any) -> str:
+    return canonical_json(value)
+
+
+def _bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if not isinstance(value, str):
+        raise TypeError("expected base64 text")
+    return base64.b64decode(value, validate=True)
+
+
+def _timestamp(value: Any) -> str:
+    if isinstance(value, bool):
+        raise TypeError("expected epoch milliseconds or an ISO-8601 string")
+    if isinstance(value, int):
+        moment = datetime.fromtimestamp(value / 1000, tz=UTC)
+    elif isinstance(value, str):
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if moment.tzinfo is None:
+            raise ValueError("an ISO-8601 timestamp needs a time zone (e.g. Z)")
+        moment = moment.astimezone(UTC)
+    else:
+        raise TypeError("expected epoch milliseconds or an ISO-8601 string")
+    return format_timestamp(moment)
+
+
+def format_timestamp(moment: datetime) -> str:
+    """UTC with millisecond precision: ``2026-01-01T00:00:00.000Z``."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def format_epoch_ms(ms: int) -> str:
+    return format_timestamp(datetime.fromtimestamp(ms / 1000, tz=UTC))
+
+
+_NORMALIZERS = {
+    ColumnType.INTEGER: _integer,
+    ColumnType.DECIMAL: _decimal,
+    ColumnType.FLOAT: _float,
+    ColumnType.TEXT: _text,
+    ColumnType.BOOLEAN: _boolean,
+    ColumnType.JSON: _json,
+    ColumnType.BYTES: _bytes,
+    ColumnType.TIMESTAMP: _timestamp,
+}
