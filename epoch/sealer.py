@@ -1,0 +1,80 @@
+"""The sealer: every peer proposes ``seal k`` once its clock passes ``end(k) + grace``.
+
+Sealing is leaderless (contract item 4): each peer's sealer publishes with
+``Nats-Msg-Id: seal-<db>-<k>``, the stream keeps one copy within its duplicate
+window, and the assigner ignores any later copy. After a pause, only the newest
+sealable epoch is proposed: one seal closes every epoch up to it.
+
+The sealer runs as an APScheduler interval job; :meth:`Sealer.tick` is the whole
+decision, with the clock injected, so tests drive it directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from epoch.assign import NO_EPOCH
+from epoch.config import Timeline
+from oplog.hlc import system_clock_ms
+
+SealState = Callable[[], tuple[Timeline | None, int]]
+
+
+class Sealer:
+    """Proposes seals for one database.
+
+    ``state`` returns the timeline in force and the last sealed epoch as this peer has
+    read them from the stream; ``publish`` sends ``seal k``.
+    """
+
+    def __init__(
+        self,
+        state: SealState,
+        publish: Callable[[int], Awaitable[None]],
+        *,
+        now_ms: Callable[[], int] = system_clock_ms,
+        tick_s: float = 0.1,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self._state = state
+        self._publish = publish
+        self._now_ms = now_ms
+        self.tick_s = tick_s
+        self._log = logger or logging.getLogger(__name__)
+        self._proposed = NO_EPOCH
+        self._scheduler: AsyncIOScheduler | None = None
+
+    async def tick(self) -> int | None:
+        """Propose the newest due seal, if any; returns the epoch proposed."""
+        timeline, last_sealed = self._state()
+        if timeline is None:
+            return None
+        due = timeline.last_sealable(self._now_ms())
+        if due <= max(last_sealed, self._proposed):
+            return None
+        await self._publish(due)
+        self._proposed = due
+        return due
+
+    async def _safe_tick(self) -> None:
+        try:
+            await self.tick()
+        except Exception as e:  # a failed proposal is retried next tick; another peer may seal
+            self._log.warning("sealer: proposing a seal failed: %s", e)
+
+    def start(self) -> None:
+        """Run :meth:`tick` every ``tick_s`` on the running event loop."""
+        scheduler = AsyncIOScheduler()
+        scheduler.add_job(
+            self._safe_tick, "interval", seconds=self.tick_s, max_instances=1, coalesce=True, misfire_grace_time=None
+        )
+        scheduler.start()
+        self._scheduler = scheduler
+
+    def stop(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None

@@ -1,0 +1,123 @@
+"""One peer's materializer: stream in, one Dolt commit per sealed epoch out.
+
+Start-up follows the resume rule of :mod:`epoch.assign`: with no epoch committed yet
+the stream is read from sequence 1; otherwise from the last commit's ``resume_seq``,
+with an assigner rebuilt from what the database holds, so nothing is lost and
+nothing is applied twice. Commits run in a worker thread so the event loop (seal
+proposals, heartbeats) never waits on the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext
+
+from epoch.assign import NO_EPOCH, Assigner, SealedEpoch
+from epoch.config import Timeline
+from materializer.backend import Backend
+from materializer.genesis import ensure_genesis
+from materializer.plan import plan_epoch
+from materializer.reader import StreamReader
+from oplog.topology import Topology
+
+OnCommit = Callable[[int, str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Committed:
+    epoch: int
+    commit_hash: str
+    ops: int
+    rejected: int
+
+
+class Materializer:
+    """Reads one database's stream and commits its sealed epochs into ``backend``."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        topology: Topology,
+        backend: Backend,
+        *,
+        peer: str,
+        on_commit: OnCommit | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self._js = js
+        self.topology = topology
+        self.backend = backend
+        self.peer = peer
+        self._on_commit = on_commit
+        self._log = logger or logging.getLogger(f"oplog.materializer.{peer}")
+        self.assigner = Assigner()
+        self.last: Committed | None = None
+        self._reader: StreamReader | None = None
+
+    async def start(self) -> None:
+        """Open the database (fetching the shared genesis if needed) and position the reader."""
+        await asyncio.to_thread(self.backend.open)
+        await ensure_genesis(self._js, self.topology, self.backend, self.peer, logger=self._log)
+        row = await asyncio.to_thread(self.backend.last_epoch)
+        if row is None:
+            start_seq = 1
+            self.assigner = Assigner()
+        else:
+            start_seq = row.resume_seq
+            config_log = await asyncio.to_thread(self.backend.config_log)
+            sealed = await asyncio.to_thread(self.backend.sealed_before, start_seq)
+            self.assigner = Assigner.resume(
+                config_log, start_seq, NO_EPOCH if sealed is None else sealed, committed_through=row.epoch
+            )
+            head = await asyncio.to_thread(self.backend.head)
+            self.last = Committed(row.epoch, head, row.applied, row.rejected)
+            self._log.info("resuming after epoch %d (seal seq %d) from seq %d", row.epoch, row.seal_seq, start_seq)
+        self._reader = StreamReader(self._js, self.topology, start_seq, logger=self._log)
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            await self._reader.close()
+        await asyncio.to_thread(self.backend.close)
+
+    def seal_state(self) -> tuple[Timeline | None, int]:
+        """The timeline and last sealed epoch as read from the stream (for the sealer)."""
+        return self.assigner.timeline, self.assigner.last_sealed
+
+    async def step(self) -> list[Committed]:
+        """Read what the stream has (waiting briefly) and commit every epoch it seals."""
+        assert self._reader is not None, "call start() first"
+        done: list[Committed] = []
+        for message in await self._reader.next_batch():
+            sealed = self.assigner.feed(message)
+            if sealed is not None:
+                done.append(await self._commit(sealed))
+        return done
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Step until ``stop`` is set."""
+        while not stop.is_set():
+            await self.step()
+
+    async def _commit(self, sealed: SealedEpoch) -> Committed:
+        commit_hash, plan = await asyncio.to_thread(self._plan_and_commit, sealed)
+        committed = Committed(sealed.epoch, commit_hash, plan.epoch.applied, plan.epoch.rejected)
+        self.last = committed
+        self._log.info(
+            "epoch %d committed %s: %d ops, %d rejected, %d duplicates",
+            sealed.epoch,
+            commit_hash,
+            plan.epoch.applied,
+            plan.epoch.rejected,
+            plan.epoch.duplicates,
+        )
+        if self._on_commit is not None:
+            await self._on_commit(sealed.epoch, commit_hash)
+        return committed
+
+    def _plan_and_commit(self, sealed: SealedEpoch):  # type: ignore[no-untyped-def]
+        plan = plan_epoch(sealed, self.backend.tables(), self.backend)
+        return self.backend.commit_epoch(plan), plan

@@ -1,0 +1,248 @@
+"""The ``oplog`` command line: init, serve, publish, status, dev.
+
+Configuration is read here and only here (flags, with ``OPLOG_*`` environment
+defaults), then passed down as typed values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import doltlite  # noqa: F401  (must be imported before anything imports sqlite3)
+import orjson
+from pydantic import ValidationError
+
+from epoch.config import DatabaseConfig, LatePolicy
+from oplog.errors import OplogError
+from oplog.hlc import HybridLogicalClock
+from oplog.producer import Producer, ProducerConfig
+from oplog.schema import SchemaMessage
+from oplog.topology import StreamLimits, Topology
+from peer.control import default_origin_ms, init_database, publish_schema, read_timeline
+from peer.service import PeerConfig, connect, run_peer
+
+DEFAULT_NATS = os.environ.get("OPLOG_NATS_URL", "nats://127.0.0.1:4222")
+DEFAULT_DB = os.environ.get("OPLOG_DB", "demo")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nats", default=DEFAULT_NATS, help="NATS URL(s), comma-separated (env OPLOG_NATS_URL)")
+    parser.add_argument("--db", default=DEFAULT_DB, help="database name (env OPLOG_DB)")
+    parser.add_argument("--replicas", type=int, default=1, help="stream replicas (3 on a JetStream cluster)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="oplog", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", help="create a database's stream and publish its config")
+    _common(p)
+    p.add_argument("--epoch-ms", type=int, default=1000)
+    p.add_argument("--grace-ms", type=int, default=500)
+    p.add_argument("--late-policy", choices=[x.value for x in LatePolicy], default="carry")
+    p.add_argument("--max-future-epochs", type=int, default=600)
+    p.add_argument("--author-name", default="oplog")
+    p.add_argument("--author-email", default="oplog@localhost")
+
+    p = sub.add_parser("serve", help="run one peer (materializer + sealer) until SIGINT/SIGTERM")
+    _common(p)
+    p.add_argument("--name", required=True, help="this peer's name (unique among peers)")
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--backend", choices=["doltlite", "dolt-server"], default="doltlite")
+    p.add_argument("--dolt-port", type=int, default=3306, help="dolt sql-server port (backend dolt-server)")
+    p.add_argument("--no-seal", action="store_true", help="do not propose seals (another peer does)")
+
+    p = sub.add_parser("publish", help="publish ops read as JSON lines (file or stdin), or a schema")
+    _common(p)
+    p.add_argument("file", nargs="?", default="-", help="JSON lines of ops; '-' for stdin")
+    p.add_argument("--schema", type=Path, help="publish this schema file ({'tables': [...]}) instead")
+    p.add_argument("--node", default=f"cli-{os.getpid()}", help="HLC node name of this producer")
+
+    p = sub.add_parser("status", help="show every peer's commit hash per epoch and whether they agree")
+    _common(p)
+    p.add_argument("--last", type=int, default=20, help="how many recent epochs")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("dev", help="local NATS + N doltlite peers + demo load; stops by itself")
+    p.add_argument("--peers", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--report", type=Path, default=Path("dev-report.json"))
+    p.add_argument("--data-dir", type=Path, help="keep everything here (default: a temporary dir)")
+    p.add_argument("--epoch-ms", type=int, default=1000)
+    p.add_argument("--grace-ms", type=int, default=300)
+    p.add_argument("--rate", type=float, default=500.0, help="demo ops per second")
+    p.add_argument("--cluster", action="store_true", help="a 3-node JetStream cluster with an R3 stream")
+    return parser
+
+
+async def cmd_init(args: argparse.Namespace) -> int:
+    topology = Topology(db=args.db, limits=StreamLimits(replicas=args.replicas))
+    config = DatabaseConfig(
+        db=args.db,
+        origin_ms=default_origin_ms(args.epoch_ms),
+        epoch_ms=args.epoch_ms,
+        grace_ms=args.grace_ms,
+        late_policy=LatePolicy(args.late_policy),
+        max_future_epochs=args.max_future_epochs,
+        author_name=args.author_name,
+        author_email=args.author_email,
+    )
+    nc = await connect(args.nats, name="oplog-init")
+    try:
+        created = await init_database(nc.jetstream(), topology, config)
+    finally:
+        await nc.close()
+    print(f"database {args.db}: " + ("initialized" if created else "already initialized; config unchanged"))
+    return 0
+
+
+async def cmd_serve(args: argparse.Namespace) -> int:
+    config = PeerConfig(
+        name=args.name,
+        db=args.db,
+        nats_url=args.nats,
+        data_dir=args.data_dir,
+        backend=args.backend,
+        dolt_port=args.dolt_port,
+        seal=not args.no_seal,
+        replicas=args.replicas,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await run_peer(config, stop)
+    return 0
+
+
+def _read_lines(path: str) -> list[tuple[int, Any]]:
+    stream = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
+    rows: list[tuple[int, Any]] = []
+    with stream:
+        for number, line in enumerate(stream, 1):
+            if line.strip():
+                try:
+                    rows.append((number, orjson.loads(line)))
+                except orjson.JSONDecodeError as e:
+                    raise OplogError(f"line {number}: not JSON: {e}") from None
+    return rows
+
+
+async def cmd_publish(args: argparse.Namespace) -> int:
+    topology = Topology(db=args.db, limits=StreamLimits(replicas=args.replicas))
+    nc = await connect(args.nats, name="oplog-publish")
+    try:
+        js = nc.jetstream()
+        if args.schema:
+            try:
+                schema = SchemaMessage.model_validate_json(args.schema.read_bytes())
+            except ValidationError as e:
+                print(f"oplog: schema {args.schema}: {e}", file=sys.stderr)
+                return 2
+            seq = await publish_schema(js, topology, schema)
+            print(orjson.dumps({"schema": [t.name for t in schema.tables], "stream_seq": seq}).decode())
+            return 0
+        timeline = await read_timeline(js, topology)
+        producer = Producer(
+            js,
+            topology,
+            clock=HybridLogicalClock(args.node),
+            config=ProducerConfig(),
+            epoch_of=timeline.epoch_of if timeline else None,
+        )
+        # Validate every line before publishing any, so a bad file publishes nothing.
+        ops, errors = [], []
+        for number, row in _read_lines(args.file):
+            if not isinstance(row, dict):
+                errors.append(f"line {number}: an op must be a JSON object")
+                continue
+            try:
+                ops.append(
+                    producer.make_op(
+                        row.get("table", ""),
+                        row.get("key"),
+                        row.get("kind", ""),
+                        row.get("data"),
+                        op_id=row.get("id"),
+                        hlc=row.get("hlc"),
+                    )
+                )
+            except OplogError as e:
+                errors.append(f"line {number}: {e}")
+        if errors:
+            print("\n".join(f"oplog: {e}" for e in errors), file=sys.stderr)
+            return 2
+        async with producer:
+            receipts = await asyncio.gather(*(producer.enqueue(op) for op in ops))
+        for r in receipts:
+            print(
+                orjson.dumps(
+                    {
+                        "id": r.op_id,
+                        "hlc": list(r.hlc),
+                        "stream_seq": r.stream_seq,
+                        "epoch": r.epoch,
+                        "duplicate": r.duplicate,
+                    }
+                ).decode()
+            )
+        return 0
+    finally:
+        await nc.close()
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    from materializer.hashes import HashBoard
+
+    topology = Topology(db=args.db)
+    nc = await connect(args.nats, name="oplog-status")
+    try:
+        rows = await HashBoard(nc.jetstream(), topology).collect(args.last)
+    finally:
+        await nc.close()
+    agree = all(r.agree for r in rows)
+    if args.json:
+        print(
+            orjson.dumps(
+                {"epochs": [{"epoch": r.epoch, "hashes": r.hashes, "agree": r.agree} for r in rows], "agree": agree}
+            ).decode()
+        )
+    else:
+        peers = sorted({p for r in rows for p in r.hashes})
+        print("epoch".rjust(12), *(p.ljust(12) for p in peers), "agree")
+        for r in rows:
+            cells = [r.hashes.get(p, "-")[:10].ljust(12) for p in peers]
+            print(str(r.epoch).rjust(12), *cells, "yes" if r.agree else "NO  <-- DIVERGED")
+        print("all peers agree" if agree else "DIVERGENCE: peers disagree on at least one epoch")
+    return 0 if agree else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    if args.command == "dev":
+        from peer.dev import run_dev
+
+        return run_dev(args)
+    handler = {"init": cmd_init, "serve": cmd_serve, "publish": cmd_publish, "status": cmd_status}[args.command]
+    try:
+        return asyncio.run(handler(args))
+    except OplogError as e:
+        print(f"oplog: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
