@@ -104,6 +104,10 @@ class Backend(ABC):
         """``id -> digest`` for the ids among ``ids`` inside the dedup horizon."""
 
     @abstractmethod
+    def table_hash(self, table: str) -> str:
+        """Dolt's content hash of ``table`` at the last commit (history-independent)."""
+
+    @abstractmethod
     def epoch_hashes(self, since_epoch: int | None = None) -> list[tuple[int, str]]:
         """``(epoch, commit hash)`` of every epoch commit (from ``since_epoch`` on)."""
 

@@ -46,6 +46,7 @@ class Materializer:
         *,
         peer: str,
         on_commit: OnCommit | None = None,
+        read_batch: int = 2000,
         logger: logging.Logger | None = None,
     ) -> None:
         self._js = js
@@ -53,6 +54,7 @@ class Materializer:
         self.backend = backend
         self.peer = peer
         self._on_commit = on_commit
+        self._read_batch = read_batch
         self._log = logger or logging.getLogger(f"oplog.materializer.{peer}")
         self.assigner = Assigner()
         self.last: Committed | None = None
@@ -76,7 +78,7 @@ class Materializer:
             head = await asyncio.to_thread(self.backend.head)
             self.last = Committed(row.epoch, head, row.applied, row.rejected)
             self._log.info("resuming after epoch %d (seal seq %d) from seq %d", row.epoch, row.seal_seq, start_seq)
-        self._reader = StreamReader(self._js, self.topology, start_seq, logger=self._log)
+        self._reader = StreamReader(self._js, self.topology, start_seq, batch=self._read_batch, logger=self._log)
 
     async def close(self) -> None:
         if self._reader is not None:

@@ -236,6 +236,9 @@ class DoltliteBackend(Backend):
             found.update(self._query(f"SELECT id, digest FROM oplog_op_ids WHERE id IN ({marks})", chunk))
         return found
 
+    def table_hash(self, table: str) -> str:
+        return str(self._query("SELECT dolt_hashof_table(?)", (table,))[0][0])
+
     def epoch_hashes(self, since_epoch: int | None = None) -> list[tuple[int, str]]:
         rows = self._query("SELECT tag_name, tag_hash FROM dolt_tags")
         pairs = [
