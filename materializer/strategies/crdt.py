@@ -1,0 +1,180 @@
+"""``crdt``: one JSON document per row, merged by Yjs (pycrdt).
+
+An op is ``{"kind": "crdt", "data": {"update": "<base64 Yjs v1 update>"}}``; build
+updates with :class:`oplog.crdt_helper.DocumentWriter`. The table must have exactly
+one non-key column, of type ``json``; it receives the canonical JSON (sorted keys) of
+the document's root map named ``"doc"`` (see :func:`oplog.crdt_helper.to_json`;
+other roots are kept in the state but not shown). The row's meta holds the CRDT
+state: ``{"state": base64, "pending": [base64, ...]}`` (``pending`` only when
+non-empty). There is no ``delete``: set the document's keys instead.
+
+Canonical state. Every peer must store the same bytes whatever order the updates
+arrived in, including updates carried late into a later epoch. What we measured
+(pycrdt 0.14.13; three writers making 3-8 random edits in all to a text, a list and
+map keys; the properties of the chosen encoding are tested in
+``tests/test_strategies.py``):
+
+* ``Doc.get_update()`` of one doc that applied the same updates in different orders
+  differed in bytes in 22 of 100 histories (30 orders each) — and, worse, when an
+  update arrived before one it depends on, the *content* was wrong in 114 of 2000
+  shuffled applications: yrs integrates structs past a clock gap (encoding a
+  ``Skip``), and edits that fill the gap later can be lost.
+* ``merge_updates`` of all updates applied in one go always gave the right content,
+  and its bytes were order-independent for disjoint updates — but not when updates
+  overlap (a writer's full-state snapshot beside its incremental updates): 80 of 100
+  histories then gave different bytes.
+* ``get_update()`` of a fresh doc that applied a complete, gap-free state is
+  order-independent and idempotent (re-encoding it changes nothing).
+
+So the state is built causally: starting from the stored state, each waiting update
+(sorted by bytes) is tried on a fresh copy and kept only if it integrates fully —
+every struct within the resulting state vector and every deleted range present;
+this repeats until nothing more fits. Updates that do not fit yet (their causal
+predecessors have not arrived) stay in ``pending`` and are retried with every later
+update of the row; the JSON shows them once they fit. The integrated part is
+therefore the same set of updates whatever the arrival order, re-encoded through a
+fresh doc, and ``pending`` is a sorted set. Measured: 150 complete histories (with
+overlapping snapshots), 15 arrival orders each, gave the right JSON and identical
+meta bytes within each history; 1193 incomplete subsets in 8 orders each gave
+identical meta bytes.
+
+Rejections: ``bad_table`` (not exactly one json value column), ``bad_data`` (no
+``update`` text), ``bad_crdt_update`` (not base64, or not a Yjs v1 update).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pycrdt import Doc, get_update, merge_updates
+
+from materializer.errors import OpRejected
+from materializer.strategy import RowState, Strategy
+from oplog.crdt_helper import decode_update, encode_update, to_json
+from oplog.op import Op, OpKind
+from oplog.schema import Column, ColumnType, TableSchema, normalize_value
+
+# The materializer never edits, so its own client id never reaches the state; fixed anyway.
+MATERIALIZER_CLIENT_ID = 1
+
+
+def document_column(table: TableSchema) -> Column:
+    """The json column that holds the document; OpRejected if the table has another shape."""
+    columns = table.value_columns
+    if len(columns) != 1 or columns[0].type is not ColumnType.JSON:
+        found = ", ".join(f"{c.name} {c.type.value}" for c in columns) or "none"
+        raise OpRejected(
+            "bad_table",
+            f"table {table.name!r} uses strategy 'crdt', which needs exactly one non-key column, of type json, "
+            f"for the document; its non-key columns are: {found}",
+        )
+    return columns[0]
+
+
+def parse_update(data: Any) -> bytes:
+    """The op's update, decoded and re-encoded canonically; raises OpRejected."""
+    if not isinstance(data, dict) or not isinstance(data.get("update"), str):
+        raise OpRejected("bad_data", 'a crdt op\'s data must be {"update": "<base64 Yjs update>"}')
+    try:
+        raw = decode_update(data["update"])
+        # Both paths must accept it: merging (for the canonical form) and applying.
+        Doc(client_id=MATERIALIZER_CLIENT_ID).apply_update(raw)
+        return merge_updates(raw)
+    except ValueError as e:
+        raise OpRejected("bad_crdt_update", f"not a base64 Yjs v1 update: {e}") from None
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _state_vector(raw: bytes) -> dict[int, int]:
+    count, pos = _varint(raw, 0)
+    vector: dict[int, int] = {}
+    for _ in range(count):
+        client, pos = _varint(raw, pos)
+        vector[client], pos = _varint(raw, pos)
+    return vector
+
+
+def fully_integrated(update: bytes, doc: Doc[Any]) -> bool:
+    """Whether every struct and every deletion of ``update`` has taken effect in ``doc``.
+
+    The diff of ``update`` against ``doc``'s state vector holds the structs the doc
+    lacks (none, if integrated) followed by ``update``'s whole delete set, whose ranges
+    must all lie within the state vector.
+    """
+    raw_vector = doc.get_state()
+    vector = _state_vector(raw_vector)
+    rest = get_update(update, raw_vector)
+    structs, pos = _varint(rest, 0)
+    if structs:
+        return False
+    clients, pos = _varint(rest, pos)
+    for _ in range(clients):
+        client, pos = _varint(rest, pos)
+        ranges, pos = _varint(rest, pos)
+        for _ in range(ranges):
+            clock, pos = _varint(rest, pos)
+            length, pos = _varint(rest, pos)
+            if clock + length > vector.get(client, 0):
+                return False
+    return True
+
+
+def _doc(state: bytes) -> Doc[Any]:
+    doc: Doc[Any] = Doc(client_id=MATERIALIZER_CLIENT_ID)
+    if state:
+        doc.apply_update(state)
+    return doc
+
+
+def integrate(state: bytes, waiting: list[bytes]) -> tuple[Doc[Any], bytes, list[bytes]]:
+    """Fold ``waiting`` updates into ``state`` causally (see the module docstring).
+
+    Returns the document, its canonical state and the sorted updates still waiting.
+    """
+    left = sorted(set(waiting))
+    doc = _doc(state)
+    progress = True
+    while progress and left:
+        progress = False
+        for update in list(left):
+            trial = _doc(state)
+            trial.apply_update(update)
+            if fully_integrated(update, trial):
+                doc, state = trial, trial.get_update()
+                left.remove(update)
+                progress = True
+    return doc, doc.get_update(), left
+
+
+class CrdtDocument(Strategy):
+    name = "crdt"
+    kinds = frozenset({OpKind.CRDT})
+
+    def apply(self, table: TableSchema, state: RowState, op: Op) -> RowState:
+        self.check_kind(op)
+        column = document_column(table)
+        update = parse_update(op.data)
+        try:
+            stored = decode_update(state.meta["state"]) if "state" in state.meta else b""
+            pending = [decode_update(p) for p in state.meta.get("pending", [])]
+            doc, encoded, left = integrate(stored, [*pending, update])
+        except (ValueError, IndexError) as e:
+            # The stored state was written by this strategy; only the new update can be at fault.
+            raise OpRejected("bad_crdt_update", f"the update does not merge with the row's state: {e}") from None
+        meta: dict[str, Any] = {"state": encode_update(encoded)}
+        if left:
+            meta["pending"] = [encode_update(p) for p in left]
+        values = {column.name: normalize_value(column, to_json(doc))}
+        if values == state.values and meta == state.meta:
+            return state
+        return RowState(values, meta)
