@@ -139,7 +139,7 @@ class Assigner:
         assigner = cls(committed_through=committed_through)
         for seq, body in sorted(config_log, key=lambda row: row[0]):
             if seq < resume_seq:
-                assigner._apply_config(seq, body)
+                assigner._apply_config(seq, body, replay=True)
         assigner._controls.clear()
         assigner._rejected.clear()
         assigner.last_sealed = sealed_before_resume
@@ -247,7 +247,8 @@ class Assigner:
 
     # -- config ----------------------------------------------------------------------
 
-    def _apply_config(self, seq: int, body: Any) -> None:
+    def _apply_config(self, seq: int, body: Any, *, replay: bool = False) -> None:
+        """Apply a config message; ``replay`` re-applies one already accepted (resume)."""
         kind = body.get("type") if isinstance(body, dict) else None
         try:
             if kind == "init":
@@ -261,7 +262,12 @@ class Assigner:
                 change = ConfigChange.model_validate(body)
                 if self.config is None or self.timeline is None:
                     raise ConfigRejected("a config change before the database's init")
-                check_change(change, self.timeline, self.last_sealed, self.config)
+                if not replay:
+                    if self.last_sealed == NO_EPOCH:
+                        # Before the first seal there is no bound on the epochs ops were
+                        # already assigned to, so no boundary is provably in the future.
+                        raise ConfigRejected("a config change before the first sealed epoch; publish it later")
+                    check_change(change, self.timeline, self.last_sealed, self.config)
                 self.timeline = self.timeline.with_change(change)
                 self._controls.append(Control(seq, "config", change.model_dump(mode="json")))
             else:

@@ -119,11 +119,25 @@ class Timeline:
         return self.end_ms(epoch) + self._segment_of_epoch(epoch).grace_ms
 
     def last_sealable(self, now_ms: int) -> int:
-        """The highest epoch whose seal is due at ``now_ms``."""
+        """The highest epoch whose seal, and every earlier epoch's, is due at ``now_ms``.
+
+        A change that shortens the grace can make epoch ``k + 1`` due before ``k``;
+        since ``seal k + 1`` also closes ``k``, it must wait for ``k``'s grace too.
+        """
         epoch = self.epoch_of(now_ms)
-        while self.seal_due_ms(epoch) > now_ms:
-            epoch -= 1
-        return epoch
+        while True:
+            while self.seal_due_ms(epoch) > now_ms:
+                epoch -= 1
+            # Within a segment seal times only grow, so only the last epoch before
+            # each later segment can still be open below ``epoch``.
+            blocked = [
+                s.first_epoch - 1
+                for s in self.segments[1:]
+                if s.first_epoch <= epoch and self.seal_due_ms(s.first_epoch - 1) > now_ms
+            ]
+            if not blocked:
+                return epoch
+            epoch = min(blocked)
 
     def with_change(self, change: ConfigChange) -> Timeline:
         start = self.end_ms(change.effective_epoch - 1)

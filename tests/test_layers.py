@@ -1,0 +1,94 @@
+"""Imports point down only (DESIGN.md, "Layers"), and the pure core does no I/O."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Each package, and the packages above it that it must never import.
+FORBIDDEN_ABOVE = {
+    "oplog": {"epoch", "materializer", "peer"},
+    "epoch": {"materializer", "peer"},
+    "materializer": {"peer"},
+}
+PURE_CORE = [
+    "oplog/hlc.py",
+    "oplog/op.py",
+    "oplog/codec.py",
+    "oplog/schema.py",
+    "epoch/config.py",
+    "epoch/assign.py",
+    "materializer/plan.py",
+    "materializer/metadata.py",
+    "materializer/strategy.py",
+    "materializer/strategies/*.py",
+]
+IO_MODULES = {"nats", "sqlite3", "doltlite", "pymysql"}
+
+
+def imported_modules(path: Path) -> list[tuple[int, str]]:
+    """``(line, absolute module name)`` for every import in ``path``, relative ones resolved."""
+    package = path.relative_to(ROOT).with_suffix("").parts[:-1]
+    if path.name == "__init__.py":
+        package = path.relative_to(ROOT).parts[:-1]
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.extend((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = list(package[: len(package) - node.level + 1]) if node.level else []
+            if node.module:
+                found.append((node.lineno, ".".join([*base, node.module])))
+            else:
+                # `from .. import x` imports a module (or package) called x.
+                found.extend((node.lineno, ".".join([*base, alias.name])) for alias in node.names)
+    return found
+
+
+def violations(paths: list[Path], forbidden: set[str]) -> list[str]:
+    return [
+        f"{path.relative_to(ROOT)}:{line} imports {module!r}"
+        for path in paths
+        for line, module in imported_modules(path)
+        if module.split(".")[0] in forbidden
+    ]
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN_ABOVE))
+def test_a_package_does_not_import_the_layers_above_it(package: str) -> None:
+    paths = sorted((ROOT / package).rglob("*.py"))
+    assert paths, f"no modules found under {package}/"
+
+    bad = violations(paths, FORBIDDEN_ABOVE[package])
+
+    assert not bad, f"{package}/ must not import {sorted(FORBIDDEN_ABOVE[package])}:\n" + "\n".join(bad)
+
+
+def test_the_pure_core_imports_neither_nats_nor_a_database_driver() -> None:
+    paths = sorted({path for pattern in PURE_CORE for path in ROOT.glob(pattern)})
+    assert len(paths) >= len(PURE_CORE), "a pure-core module listed here is missing"
+
+    bad = violations(paths, IO_MODULES)
+
+    assert not bad, "the pure core must do no I/O:\n" + "\n".join(bad)
+
+
+def test_the_checker_names_the_offending_file_and_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A fake oplog module that reaches up into the materializer, three ways.
+    package = tmp_path / "oplog"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "bad.py").write_text(
+        "import os\nimport materializer.plan\nfrom epoch import assign\nfrom .. import peer\nfrom . import hlc\n"
+    )
+    monkeypatch.setattr(f"{__name__}.ROOT", tmp_path)
+
+    assert violations([package / "bad.py"], FORBIDDEN_ABOVE["oplog"]) == [
+        "oplog/bad.py:2 imports 'materializer.plan'",
+        "oplog/bad.py:3 imports 'epoch'",
+        "oplog/bad.py:4 imports 'peer'",
+    ]
