@@ -66,12 +66,19 @@ class Backend(ABC):
 
     @abstractmethod
     def create_genesis(self) -> bytes:
-        """Create the genesis here (internal tables, one commit) and return an
-        artifact from which :meth:`install_genesis` makes an identical one elsewhere."""
+        """Create the genesis here (internal tables, one commit) and return it as a
+        snapshot artifact, from which :meth:`install_snapshot` makes an identical one."""
 
     @abstractmethod
-    def install_genesis(self, artifact: bytes) -> None:
-        """Make this database's genesis from another peer's artifact."""
+    def export_snapshot(self) -> bytes:
+        """The database at its last commit, as an artifact for :meth:`install_snapshot`.
+
+        Called between commits, from the thread that commits."""
+
+    @abstractmethod
+    def install_snapshot(self, artifact: bytes) -> None:
+        """Replace this database with the one in ``artifact`` (genesis or a later
+        snapshot); its HEAD, history and epochs table come with it."""
 
     # -- reads ---------------------------------------------------------------------------
 

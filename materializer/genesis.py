@@ -66,7 +66,7 @@ async def ensure_genesis(
                 )
             await asyncio.sleep(0.1)
             artifact = await _fetch(store)
-    await asyncio.to_thread(backend.install_genesis, artifact)
+    await asyncio.to_thread(backend.install_snapshot, artifact)
     log.info("genesis: %s installed the shared genesis", peer)
 
 

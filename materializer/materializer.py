@@ -19,9 +19,11 @@ from nats.js import JetStreamContext
 from epoch.assign import NO_EPOCH, Assigner, SealedEpoch
 from epoch.config import Timeline
 from materializer.backend import Backend
+from materializer.errors import GenesisError, StreamGap
 from materializer.genesis import ensure_genesis
 from materializer.plan import plan_epoch
 from materializer.reader import StreamReader
+from materializer.snapshots import SnapshotInfo, SnapshotPolicy, SnapshotStore
 from oplog.topology import Topology
 
 OnCommit = Callable[[int, str], Awaitable[None]]
@@ -47,6 +49,7 @@ class Materializer:
         peer: str,
         on_commit: OnCommit | None = None,
         read_batch: int = 2000,
+        snapshots: SnapshotPolicy | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         self._js = js
@@ -55,15 +58,40 @@ class Materializer:
         self.peer = peer
         self._on_commit = on_commit
         self._read_batch = read_batch
+        self._snapshot_policy = snapshots
         self._log = logger or logging.getLogger(f"oplog.materializer.{peer}")
+        self.snapshots = SnapshotStore(js, topology, logger=self._log)
         self.assigner = Assigner()
         self.last: Committed | None = None
         self._reader: StreamReader | None = None
 
     async def start(self) -> None:
-        """Open the database (fetching the shared genesis if needed) and position the reader."""
+        """Open the database (bootstrapping it if new) and position the reader."""
         await asyncio.to_thread(self.backend.open)
-        await ensure_genesis(self._js, self.topology, self.backend, self.peer, logger=self._log)
+        if not await asyncio.to_thread(self.backend.is_initialized):
+            latest = await self.snapshots.latest()
+            if latest is not None:
+                await self._install(latest)
+            else:
+                await ensure_genesis(self._js, self.topology, self.backend, self.peer, logger=self._log)
+        await self._position()
+
+    async def _install(self, info: SnapshotInfo) -> None:
+        """Replace the database with the snapshot ``info`` and check it is what it claims."""
+        artifact = await self.snapshots.fetch(info)
+        await asyncio.to_thread(self.backend.install_snapshot, artifact)
+        head = await asyncio.to_thread(self.backend.head)
+        if head != info.commit_hash:
+            raise GenesisError(
+                f"snapshot {info.object} has HEAD {head}, but {info.peer} recorded {info.commit_hash}; "
+                "delete it from the snapshot store and restart"
+            )
+        self._log.info("bootstrapped from the snapshot of epoch %d (%s) by %s", info.epoch, head, info.peer)
+
+    async def _position(self) -> None:
+        """Rebuild the assigner from the database and point the reader at resume_seq."""
+        if self._reader is not None:
+            await self._reader.close()
         row = await asyncio.to_thread(self.backend.last_epoch)
         if row is None:
             start_seq = 1
@@ -100,9 +128,19 @@ class Materializer:
         return done
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Step until ``stop`` is set."""
+        """Step until ``stop`` is set; re-bootstrap from a snapshot if retention
+        removed messages this peer still needs."""
         while not stop.is_set():
-            await self.step()
+            try:
+                await self.step()
+            except StreamGap as gap:
+                latest = await self.snapshots.latest()
+                mine = self.last.epoch if self.last else NO_EPOCH
+                if latest is None or latest.epoch <= mine:
+                    raise
+                self._log.warning("%s; re-bootstrapping from the snapshot of epoch %d", gap, latest.epoch)
+                await self._install(latest)
+                await self._position()
 
     async def _commit(self, sealed: SealedEpoch) -> Committed:
         commit_hash, plan = await asyncio.to_thread(self._plan_and_commit, sealed)
@@ -118,7 +156,24 @@ class Materializer:
         )
         if self._on_commit is not None:
             await self._on_commit(sealed.epoch, commit_hash)
+        policy = self._snapshot_policy
+        if policy is not None and sealed.epoch % policy.every_epochs == 0:
+            await self._offer_snapshot(sealed, commit_hash, policy)
         return committed
+
+    async def _offer_snapshot(self, sealed: SealedEpoch, commit_hash: str, policy: SnapshotPolicy) -> None:
+        info = SnapshotInfo(
+            epoch=sealed.epoch,
+            commit_hash=commit_hash,
+            resume_seq=sealed.resume_seq,
+            object=f"epoch-{sealed.epoch}",
+            peer=self.peer,
+        )
+        try:
+            artifact = await asyncio.to_thread(self.backend.export_snapshot)
+            await self.snapshots.offer(self.peer, info, artifact, policy)
+        except Exception as e:  # a failed snapshot must not stop materializing
+            self._log.warning("snapshot of epoch %d failed: %s", sealed.epoch, e)
 
     def _plan_and_commit(self, sealed: SealedEpoch):  # type: ignore[no-untyped-def]
         plan = plan_epoch(sealed, self.backend.tables(), self.backend)

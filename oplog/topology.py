@@ -99,3 +99,7 @@ class Topology(BaseModel):
     @property
     def genesis_bucket(self) -> str:
         return f"OPLOG_{self.stream[6:]}_GENESIS"
+
+    @property
+    def snapshots_bucket(self) -> str:
+        return f"OPLOG_{self.stream[6:]}_SNAPSHOTS"

@@ -99,7 +99,7 @@ async def test_batching_duplicates_and_retries_give_identical_hashes_and_expecte
                     if genesis is None:
                         genesis = peer.backend.create_genesis()
                     else:
-                        peer.backend.install_genesis(genesis)
+                        peer.backend.install_snapshot(genesis)
                     peers.append(await peer.start())
                 try:
                     for peer in peers:

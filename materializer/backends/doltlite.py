@@ -109,6 +109,26 @@ class DoltliteBackend(Backend):
         with self._mapped():
             self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._conn.execute("PRAGMA busy_timeout = 10000")
+        if self.is_initialized():
+            self._repair_tags()
+
+    def _repair_tags(self) -> None:
+        """Tag epoch commits whose tag a crash lost.
+
+        A SIGKILL between ``dolt_commit`` and ``dolt_tag`` has been seen to keep the
+        commit but not the tag (refs are not covered by the SQLite transaction in
+        doltlite 0.51), so tags are made good from the commit messages on open.
+        """
+        tags = {name for (name,) in self._query("SELECT tag_name FROM dolt_tags")}
+        # Only the newest commit can have lost its tag; look a little further anyway.
+        for commit_hash, message in self._query("SELECT commit_hash, message FROM dolt_log LIMIT 16"):
+            first = message.split("\n", 1)[0]
+            if not first.startswith("epoch "):
+                continue
+            tag = epoch_tag(int(first[6:]))
+            if tag in tags:
+                break
+            self._query("SELECT dolt_tag(?, ?)", (tag, commit_hash))
 
     def close(self) -> None:
         if self._conn is not None:
@@ -162,10 +182,19 @@ class DoltliteBackend(Backend):
                 finally:
                     conn.close()
             artifact = path.read_bytes()
-        self.install_genesis(artifact)
+        self.install_snapshot(artifact)
         return artifact
 
-    def install_genesis(self, artifact: bytes) -> None:
+    def export_snapshot(self) -> bytes:
+        # Our single connection is idle between commits, so the file is consistent.
+        with self._mapped():
+            self.conn.execute("BEGIN")
+            try:
+                return self.path.read_bytes()
+            finally:
+                self.conn.execute("COMMIT")
+
+    def install_snapshot(self, artifact: bytes) -> None:
         was_open = self._conn is not None
         self.close()
         tmp = self.path.with_name(self.path.name + ".genesis-tmp")
