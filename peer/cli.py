@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace-ms", type=int, default=300)
     p.add_argument("--rate", type=float, default=500.0, help="demo ops per second")
     p.add_argument("--cluster", action="store_true", help="a 3-node JetStream cluster with an R3 stream")
+
+    from peer.bench import add_arguments as add_bench_arguments
+
+    p = sub.add_parser("bench", help="measure throughput and latency against baselines (writes JSON)")
+    add_bench_arguments(p)
     return parser
 
 
@@ -236,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
         from peer.dev import run_dev
 
         return run_dev(args)
+    if args.command == "bench":
+        from peer.bench import run_bench
+
+        return run_bench(args)
     handler = {"init": cmd_init, "serve": cmd_serve, "publish": cmd_publish, "status": cmd_status}[args.command]
     try:
         return asyncio.run(handler(args))
