@@ -18,7 +18,7 @@ import orjson
 from pydantic import ValidationError
 
 from oplog.errors import CodecError
-from oplog.op import Op
+from oplog.op import Op, fast_op
 
 WIRE_VERSION = 1
 
@@ -63,6 +63,9 @@ def decode_batch(payload: bytes) -> list[Any]:
 
 def decode_op(raw: Any) -> Op:
     """Validate one raw op; raises :class:`CodecError` naming every bad field."""
+    op = fast_op(raw)
+    if op is not None:
+        return op
     try:
         return Op.model_validate(raw)
     except ValidationError as e:

@@ -114,3 +114,72 @@ class Op(BaseModel):
         if self.data is not None:
             wire["data"] = self.data
         return wire
+
+
+_KINDS = {kind.value: kind for kind in OpKind}
+_VALID_TABLES: dict[str, bool] = {}
+_FIELDS_SET = frozenset({"id", "hlc", "table", "key", "kind", "data"})
+
+
+def _table_ok(name: Any) -> bool:
+    ok = _VALID_TABLES.get(name) if isinstance(name, str) else False
+    if ok is None:
+        try:
+            check_table_name(name)
+            ok = True
+        except ValueError:
+            ok = False
+        if len(_VALID_TABLES) < 10_000:
+            _VALID_TABLES[name] = ok
+    return bool(ok)
+
+
+def fast_op(raw: Any) -> Op | None:
+    """Build an :class:`Op` from a well-formed wire dict without pydantic's validator.
+
+    The materializer decodes every op of every epoch, and pydantic validation plus
+    construction is most of its time. This checks exactly what the model's validators
+    check and builds the instance directly; on anything unusual it returns None and
+    the caller falls back to :meth:`Op.model_validate`, which also words the error.
+    ``tests/test_codec.py`` holds the two paths equal.
+    """
+    if type(raw) is not dict:
+        return None
+    op_id, hlc, table, key, kind = raw.get("id"), raw.get("hlc"), raw.get("table"), raw.get("key"), raw.get("kind")
+    data = raw.get("data")
+    if type(op_id) is not str or not 0 < len(op_id) <= MAX_ID_LENGTH:
+        return None
+    if type(hlc) is not list or len(hlc) != 3:
+        return None
+    wall, logical, node = hlc
+    if (
+        type(wall) is not int
+        or type(logical) is not int
+        or type(node) is not str
+        or wall < 0
+        or logical < 0
+        or not node
+    ):
+        return None
+    if not _table_ok(table):
+        return None
+    if type(key) is list:
+        if not key or any(type(part) is not str and type(part) is not int for part in key):
+            return None
+        key = tuple(key)
+    elif type(key) is str or type(key) is int:
+        key = (key,)
+    else:
+        return None
+    op_kind = _KINDS.get(kind) if type(kind) is str else None
+    if op_kind is None or (data is not None and type(data) is not dict):
+        return None
+    op = object.__new__(Op)
+    fields = {"id": op_id, "hlc": HLC(wall, logical, node), "table": table, "key": key, "kind": op_kind, "data": data}
+    object.__setattr__(op, "__dict__", fields)
+    object.__setattr__(
+        op, "__pydantic_fields_set__", _FIELDS_SET if data is not None or "data" in raw else _FIELDS_SET - {"data"}
+    )
+    object.__setattr__(op, "__pydantic_extra__", None)
+    object.__setattr__(op, "__pydantic_private__", None)
+    return op

@@ -17,6 +17,7 @@ import math
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -94,13 +95,15 @@ class TableSchema(BaseModel):
                 raise ValueError(f"primary key column {pk!r} must be text or integer")
         return self
 
-    def column(self, name: str) -> Column | None:
-        for c in self.columns:
-            if c.name == name:
-                return c
-        return None
+    # Cached: strategies consult these for every op of an epoch.
+    @cached_property
+    def columns_by_name(self) -> dict[str, Column]:
+        return {c.name: c for c in self.columns}
 
-    @property
+    def column(self, name: str) -> Column | None:
+        return self.columns_by_name.get(name)
+
+    @cached_property
     def value_columns(self) -> tuple[Column, ...]:
         return tuple(c for c in self.columns if c.name not in self.primary_key)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -230,8 +231,14 @@ async def cmd_status(args: argparse.Namespace) -> int:
     return 0 if agree else 1
 
 
+# A peer holds an epoch's ops (100k+ objects) while it plans; the default GC
+# thresholds rescan them thousands of times per epoch (measured: decode 2x slower).
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    gc.set_threshold(*GC_THRESHOLDS)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
