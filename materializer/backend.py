@@ -13,6 +13,10 @@ one contract suite in ``tests/test_backend_contract.py`` run against each):
 * Reads see the last commit; nothing reads uncommitted state.
 * Driver errors are mapped to :class:`~materializer.errors.BackendError` at the
   backend's edge (``TransientBackendError`` when retrying can help).
+* A key the backend cannot store (an integer beyond 64 bits, a text part longer than
+  :meth:`Backend.text_key_limit`) fails :meth:`Backend.check_key` with ``OpRejected
+  ("bad_key")``, so planning can reject its op like any other bad key; ``commit_epoch``
+  refuses a plan holding one before it writes anything, never half-way.
 
 Internal tables (prefix ``oplog_``, reserved for producers): ``oplog_epochs`` (one
 row per commit: progress), ``oplog_rejections``, ``oplog_op_ids`` (the dedup
@@ -26,12 +30,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
+from materializer.errors import BackendError, OpRejected
 from materializer.plan import EpochPlan, EpochRow, Key
 from materializer.strategy import RowState
 from oplog.schema import TableSchema
 
 META_COLUMN = "_oplog_meta"
 EPOCH_TAG_PREFIX = "epoch-"
+MAX_KEY_INTEGER = 2**63 - 1  # integer keys are signed 64-bit (SQLite INTEGER, MySQL BIGINT)
 
 
 def epoch_tag(epoch: int) -> str:
@@ -118,8 +124,43 @@ class Backend(ABC):
     def epoch_hashes(self, since_epoch: int | None = None) -> list[tuple[int, str]]:
         """``(epoch, commit hash)`` of every epoch commit (from ``since_epoch`` on)."""
 
+    def text_key_limit(self, table: TableSchema) -> int | None:
+        """The most characters a text primary-key part of ``table`` can hold (None: no limit)."""
+        return None
+
+    def check_key(self, table: TableSchema, key: Key) -> None:
+        """Raise ``OpRejected("bad_key")`` if ``key`` cannot be stored as a primary key of ``table``.
+
+        Pure: depends on the backend kind and the schema only, so every peer decides alike."""
+        problem = _key_problem(table, key, self.text_key_limit(table), self.name)
+        if problem is not None:
+            raise OpRejected("bad_key", problem)
+
+    def refuse_unstorable_keys(self, plan: EpochPlan) -> None:
+        """Raise BackendError if ``plan`` writes a key :meth:`check_key` refuses; call before writing."""
+        for writes in plan.writes:
+            limit = self.text_key_limit(writes.table)
+            keys = [k for k, *_ in writes.upserts] + [k for k, _ in writes.deletes] + list(writes.cleared_tombstones)
+            for key in keys:
+                problem = _key_problem(writes.table, key, limit, self.name)
+                if problem is not None:
+                    raise BackendError(
+                        f"{self.name}: epoch {plan.epoch.epoch} writes a key of {writes.table.name!r} that cannot be "
+                        f"stored ({problem}); nothing was written. Planning must reject such ops (Backend.check_key)"
+                    )
+
     # -- write ---------------------------------------------------------------------------
 
     @abstractmethod
     def commit_epoch(self, plan: EpochPlan) -> str:
         """Write ``plan`` as one Dolt commit and return its hash (see module contract)."""
+
+
+def _key_problem(table: TableSchema, key: Key, limit: int | None, backend: str) -> str | None:
+    for name, part in zip(table.primary_key, key, strict=False):
+        if isinstance(part, int):
+            if not -MAX_KEY_INTEGER - 1 <= part <= MAX_KEY_INTEGER:
+                return f"key column {name!r}: {part} is outside the signed 64-bit range"
+        elif limit is not None and len(part) > limit:
+            return f"key column {name!r}: {len(part)} characters; the {backend} backend stores at most {limit}"
+    return None

@@ -192,6 +192,7 @@ def plan_epoch(sealed: SealedEpoch, tables: Mapping[str, TableSchema], reader: R
 
     # Validate table and key, then group by row in apply order.
     rows: dict[str, dict[Key, list[Accepted]]] = {}
+    check_storable = getattr(reader, "check_key", None)
     for acc, _ in survivors:
         op = acc.op
         table = current.get(op.table)
@@ -199,6 +200,10 @@ def plan_epoch(sealed: SealedEpoch, tables: Mapping[str, TableSchema], reader: R
             if table is None:
                 raise OpRejected("unknown_table", f"no table {op.table!r} is declared; publish its schema first")
             _check_key(table, op)
+            # Storage limits of the backend (e.g. VARCHAR length on dolt-server) are a
+            # function of backend kind and schema only, so every peer rejects alike.
+            if check_storable is not None:
+                check_storable(table, op.key)
         except OpRejected as e:
             rejections.append(RejectionRow(acc.seq, acc.index, op.id, e.reason, e.detail, _payload(op)))
             continue

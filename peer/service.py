@@ -53,11 +53,11 @@ def make_backend(config: PeerConfig) -> Backend:
         from materializer.backends.doltlite import DoltliteBackend
 
         return DoltliteBackend(config.data_dir / f"{config.db}.db")
-    from materializer.backends.dolt_server import DoltServerBackend  # type: ignore[import-not-found]
+    from materializer.backends.dolt_server import DoltServerBackend
 
-    return DoltServerBackend(  # type: ignore[no-any-return]
-        host=config.dolt_host, port=config.dolt_port, user=config.dolt_user, database=config.db
-    )
+    # The server must run with the DOLT_COMMITTER_DATE every peer uses; the backend refuses
+    # one that does not (docs/dolt-server.md).
+    return DoltServerBackend(host=config.dolt_host, port=config.dolt_port, user=config.dolt_user, database=config.db)
 
 
 async def connect(url: str, *, name: str) -> Client:

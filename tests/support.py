@@ -1,15 +1,23 @@
-"""Helpers for integration tests: real NATS, real doltlite, explicit seals.
+"""Helpers for integration tests: real NATS, real doltlite or Dolt sql-server, explicit seals.
 
 Tests publish seals themselves (peers run without a sealer) so that where each seal
 falls in the stream, and so which epoch every op lands in, is decided by the test.
+
+A :class:`BackendFactory` (the ``backends`` fixture of ``tests/conftest.py``, one per
+backend kind) makes a peer's database by name — the same name gives the same database
+again, as after a restart — and reads it with plain SQL in its own dialect.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import re
 import time
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +27,9 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from epoch.config import DatabaseConfig
+from materializer.backend import Backend
+from materializer.backends.dolt_server import DoltServerBackend
+from materializer.backends.dolt_server_launcher import DoltServer
 from materializer.backends.doltlite import DoltliteBackend
 from materializer.materializer import Materializer
 from oplog.codec import canonical_bytes
@@ -93,13 +104,101 @@ async def seal(js: JetStreamContext, topology: Topology, epoch: int) -> int:
     return await publish_json(js, topology, topology.seal_subject, {"epoch": epoch}, msg_id=topology.seal_msg_id(epoch))
 
 
+class BackendFactory(ABC):
+    """Makes the databases of one test on one backend kind, and reads them with SQL."""
+
+    kind: str
+
+    @abstractmethod
+    def __call__(self, name: str) -> Backend:
+        """A new (unopened) backend for database ``name``; the same name is the same database."""
+
+    @abstractmethod
+    def query(self, backend: Backend, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Rows of ``sql`` (``?`` placeholders) on ``backend``'s database; dates as doltlite renders them."""
+
+    @abstractmethod
+    def quote(self, name: str) -> str:
+        """An identifier in this backend's dialect."""
+
+    def table_names(self, backend: Backend) -> list[str]:
+        """Every table of the database's working set, sorted."""
+        return sorted(name for (name,) in self.query(backend, self.tables_sql))
+
+    tables_sql: str
+
+
+class DoltliteBackends(BackendFactory):
+    kind = "doltlite"
+    tables_sql = "SELECT name FROM sqlite_master WHERE type = 'table'"
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def __call__(self, name: str) -> DoltliteBackend:
+        return DoltliteBackend(self.directory / f"{name}.db")
+
+    def query(self, backend: Backend, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        assert isinstance(backend, DoltliteBackend)
+        return backend.conn.execute(sql, params).fetchall()
+
+    def quote(self, name: str) -> str:
+        return '"' + name.replace('"', '""') + '"'
+
+
+class DoltServerBackends(BackendFactory):
+    """Databases on one shared server; each test gets its own name prefix."""
+
+    kind = "dolt-server"
+    tables_sql = "SHOW TABLES"
+    _tests = itertools.count()
+
+    def __init__(self, server: DoltServer) -> None:
+        self.server = server
+        self.prefix = f"t{next(self._tests)}"
+
+    def database(self, name: str) -> str:
+        return f"{self.prefix}_{re.sub(r'[^A-Za-z0-9_]', '_', name)}"
+
+    def __call__(self, name: str) -> DoltServerBackend:
+        return DoltServerBackend(host=self.server.host, port=self.server.port, database=self.database(name))
+
+    def query(self, backend: Backend, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        assert isinstance(backend, DoltServerBackend)
+        with backend.connect(backend.database) as conn, conn.cursor() as cur:
+            cur.execute(sql.replace("?", "%s"), params or None)
+            return [tuple(_as_doltlite(v) for v in row) for row in cur.fetchall()]
+
+    def quote(self, name: str) -> str:
+        return "`" + name.replace("`", "``") + "`"
+
+
+def _as_doltlite(value: Any) -> Any:
+    # doltlite renders dates as text to the second; Dolt returns datetimes with milliseconds.
+    return value.strftime("%Y-%m-%d %H:%M:%S") if isinstance(value, datetime) else value
+
+
 class InProcessPeer:
-    """A materializer on a doltlite file, stepped by the test (no sealer)."""
+    """A materializer stepped by the test (no sealer).
+
+    ``store`` is a :class:`BackendFactory` (the database is ``db``, default the peer's
+    name) or, as before, the path of a doltlite file."""
 
     def __init__(
-        self, js: JetStreamContext, topology: Topology, path: Path, name: str, *, read_batch: int = 2000
+        self,
+        js: JetStreamContext,
+        topology: Topology,
+        store: BackendFactory | Path,
+        name: str,
+        *,
+        db: str | None = None,
+        read_batch: int = 2000,
     ) -> None:
-        self.backend = DoltliteBackend(path)
+        if isinstance(store, Path):  # a doltlite file, as older tests pass it
+            db = store.stem
+            store = DoltliteBackends(store.parent)
+        self.backends = store
+        self.backend = store(db or name)
         self.materializer = Materializer(js, topology, self.backend, peer=name, read_batch=read_batch)
         self.name = name
 
@@ -121,18 +220,17 @@ class InProcessPeer:
     def hashes(self) -> list[tuple[int, str]]:
         return self.backend.epoch_hashes()
 
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        return self.backends.query(self.backend, sql, params)
+
     def rows(self, table: str = "users") -> list[tuple[Any, ...]]:
-        return self.backend.conn.execute(f'SELECT * FROM "{table}" ORDER BY 1').fetchall()
+        return self.query(f"SELECT * FROM {self.backends.quote(table)} ORDER BY 1")
 
     def rejections(self) -> list[tuple[Any, ...]]:
-        return self.backend.conn.execute(
-            "SELECT epoch, op_id, reason FROM oplog_rejections ORDER BY epoch, seq, idx"
-        ).fetchall()
+        return self.query("SELECT epoch, op_id, reason FROM oplog_rejections ORDER BY epoch, seq, idx")
 
     def epochs(self) -> list[tuple[Any, ...]]:
-        return self.backend.conn.execute(
-            "SELECT epoch, applied, rejected, duplicates, late FROM oplog_epochs ORDER BY epoch"
-        ).fetchall()
+        return self.query("SELECT epoch, applied, rejected, duplicates, late FROM oplog_epochs ORDER BY epoch")
 
 
 def read_db(path: Path, query: str) -> list[tuple[Any, ...]]:

@@ -1,9 +1,7 @@
 """The epoch-boundary edge cases DoltSwarm dropped epochs over, one named test each,
-on a real nats-server and real doltlite files."""
+on a real nats-server and every backend (the ``backends`` fixture)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import orjson
 import pytest
@@ -16,6 +14,7 @@ from peer.natsd import NatsServer
 from tests.support import (
     EPOCH_MS,
     ORIGIN_MS,
+    BackendFactory,
     InProcessPeer,
     config,
     connected,
@@ -34,18 +33,18 @@ def upsert(op_id: str, epoch: int, offset: int, key: str, name: str) -> Op:
               data={"name": name, "score": 0})  # fmt: skip
 
 
-async def two_peers(js, topology, tmp_path: Path) -> list[InProcessPeer]:  # type: ignore[no-untyped-def]
-    return [await InProcessPeer(js, topology, tmp_path / f"p{i}.db", f"p{i}").start() for i in range(2)]
+async def two_peers(js, topology, backends: BackendFactory) -> list[InProcessPeer]:  # type: ignore[no-untyped-def]
+    return [await InProcessPeer(js, topology, backends, f"p{i}").start() for i in range(2)]
 
 
-async def test_empty_epochs_still_commit_and_agree(nats_server: NatsServer, tmp_path: Path) -> None:
+async def test_empty_epochs_still_commit_and_agree(nats_server: NatsServer, backends: BackendFactory) -> None:
     topology = Topology(db="t")
     async with connected(nats_server.url) as nc:
         js = nc.jetstream()
         await setup_db(js, topology, config())
         for k in range(3):
             await seal(js, topology, k)
-        peers = await two_peers(js, topology, tmp_path)
+        peers = await two_peers(js, topology, backends)
         try:
             for peer in peers:
                 await peer.run_until(2)
@@ -57,7 +56,9 @@ async def test_empty_epochs_still_commit_and_agree(nats_server: NatsServer, tmp_
                 await peer.close()
 
 
-async def test_seal_races_keep_the_first_seal_in_stream_order(nats_server: NatsServer, tmp_path: Path) -> None:
+async def test_seal_races_keep_the_first_seal_in_stream_order(
+    nats_server: NatsServer, backends: BackendFactory
+) -> None:
     topology = Topology(db="t")
     async with connected(nats_server.url) as nc:
         js = nc.jetstream()
@@ -75,20 +76,22 @@ async def test_seal_races_keep_the_first_seal_in_stream_order(nats_server: NatsS
         await seal(js, topology, 1)  # late proposal, ignored
         await publish_batch(js, topology, [upsert("c", 3, 10, "z", "c")])
         await seal(js, topology, 3)
-        peers = await two_peers(js, topology, tmp_path)
+        peers = await two_peers(js, topology, backends)
         try:
             for peer in peers:
                 await peer.run_until(3)
             assert peers[0].hashes() == peers[1].hashes()
             assert [k for k, _ in peers[0].hashes()] == [0, 2, 3]
-            first_epochs = peers[0].backend.conn.execute("SELECT epoch, first_epoch FROM oplog_epochs").fetchall()
+            first_epochs = peers[0].query("SELECT epoch, first_epoch FROM oplog_epochs")
             assert first_epochs == [(0, 0), (2, 1), (3, 3)]
         finally:
             for peer in peers:
                 await peer.close()
 
 
-async def test_a_config_change_moves_boundaries_only_from_its_epoch_on(nats_server: NatsServer, tmp_path: Path) -> None:
+async def test_a_config_change_moves_boundaries_only_from_its_epoch_on(
+    nats_server: NatsServer, backends: BackendFactory
+) -> None:
     topology = Topology(db="t")
     cfg = config(max_future_epochs=2)
     async with connected(nats_server.url) as nc:
@@ -108,12 +111,12 @@ async def test_a_config_change_moves_boundaries_only_from_its_epoch_on(nats_serv
         await publish_batch(js, topology, [upsert("in4", 0, 7000, "x", "in4")])
         await seal(js, topology, 3)
         await seal(js, topology, 4)
-        peers = await two_peers(js, topology, tmp_path)
+        peers = await two_peers(js, topology, backends)
         try:
             for peer in peers:
                 await peer.run_until(4)
             assert peers[0].hashes() == peers[1].hashes()
-            rows = peers[0].backend.conn.execute("SELECT epoch, applied, end_ms FROM oplog_epochs").fetchall()
+            rows = peers[0].query("SELECT epoch, applied, end_ms FROM oplog_epochs")
             assert rows == [
                 (0, 0, ORIGIN_MS + 1 * EPOCH_MS),
                 (1, 0, ORIGIN_MS + 2 * EPOCH_MS),
@@ -123,7 +126,7 @@ async def test_a_config_change_moves_boundaries_only_from_its_epoch_on(nats_serv
             ]
             assert peers[0].rejections() == [(1, None, "bad_config")]
             # The commit date is the epoch's end, in the new window.
-            date = peers[0].backend.conn.execute("SELECT date FROM dolt_log LIMIT 1").fetchone()[0]
+            date = peers[0].query("SELECT date FROM dolt_log LIMIT 1")[0][0]
             assert date.replace(" ", "T") == format_epoch_ms(ORIGIN_MS + 9 * EPOCH_MS)[:19]
         finally:
             for peer in peers:
@@ -131,7 +134,7 @@ async def test_a_config_change_moves_boundaries_only_from_its_epoch_on(nats_serv
 
 
 async def test_a_restart_between_seal_and_commit_commits_the_same_epoch(
-    nats_server: NatsServer, tmp_path: Path
+    nats_server: NatsServer, backends: BackendFactory
 ) -> None:
     topology = Topology(db="t")
     async with connected(nats_server.url) as nc:
@@ -141,13 +144,13 @@ async def test_a_restart_between_seal_and_commit_commits_the_same_epoch(
         await seal(js, topology, 0)
         # An op of epoch 1 read before seal 1 (so it is buffered when epoch 0 commits).
         await publish_batch(js, topology, [upsert("b", 1, 1, "y", "b")])
-        steady = await InProcessPeer(js, topology, tmp_path / "steady.db", "steady").start()
-        crashy = await InProcessPeer(js, topology, tmp_path / "crashy.db", "crashy").start()
+        steady = await InProcessPeer(js, topology, backends, "steady").start()
+        crashy = await InProcessPeer(js, topology, backends, "crashy").start()
         try:
             await crashy.run_until(0)
             await crashy.close()  # gone after committing 0, before seal 1 exists
             await seal(js, topology, 1)
-            crashy = await InProcessPeer(js, topology, tmp_path / "crashy.db", "crashy").start()
+            crashy = await InProcessPeer(js, topology, backends, "crashy").start()
             await crashy.run_until(1)
             await steady.run_until(1)
             assert crashy.hashes() == steady.hashes()

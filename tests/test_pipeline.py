@@ -1,4 +1,5 @@
-"""The whole pipeline against a real nats-server and real doltlite files.
+"""The whole pipeline against a real nats-server, on every backend (doltlite files and
+Dolt sql-server databases, through the ``backends`` fixture).
 
 Seals are published by the tests (peers run no sealer), so each scenario fixes where
 every seal falls in the stream and the expected commits are exact.
@@ -18,6 +19,7 @@ from oplog.producer import Producer, ProducerConfig
 from oplog.topology import StreamLimits, Topology
 from peer.natsd import NatsServer
 from tests.support import (
+    BackendFactory,
     InProcessPeer,
     config,
     connected,
@@ -77,7 +79,9 @@ async def feed(url: str, topology: Topology, epochs: list[list[Op]], style: str,
             await seal(js, topology, k)
 
 
-async def test_batching_duplicates_and_retries_give_identical_hashes_and_expected_rows(tmp_path: Path) -> None:
+async def test_batching_duplicates_and_retries_give_identical_hashes_and_expected_rows(
+    tmp_path: Path, backends: BackendFactory
+) -> None:
     # Three deployments receive the same ops, batched differently, with re-sent
     # duplicates and with retried publishes. Stream positions differ between them (and
     # are recorded in each commit's progress row), so their commit hashes may differ;
@@ -93,8 +97,8 @@ async def test_batching_duplicates_and_retries_give_identical_hashes_and_expecte
             async with connected(server.url) as nc:
                 peers = []
                 for read_batch in (1, 2000):
-                    peer = InProcessPeer(nc.jetstream(), topology, tmp_path / f"d{i}-{read_batch}.db", f"p{read_batch}",
-                                         read_batch=read_batch)  # fmt: skip
+                    peer = InProcessPeer(nc.jetstream(), topology, backends, f"p{read_batch}",
+                                         db=f"d{i}-{read_batch}", read_batch=read_batch)  # fmt: skip
                     peer.backend.open()
                     if genesis is None:
                         genesis = peer.backend.create_genesis()
@@ -124,7 +128,7 @@ async def test_batching_duplicates_and_retries_give_identical_hashes_and_expecte
 
 
 async def test_three_peers_on_one_stream_agree_and_a_late_op_is_carried_identically(
-    nats_server: NatsServer, tmp_path: Path
+    nats_server: NatsServer, backends: BackendFactory
 ) -> None:
     topology = Topology(db="t")
     async with connected(nats_server.url) as nc:
@@ -144,7 +148,7 @@ async def test_three_peers_on_one_stream_agree_and_a_late_op_is_carried_identica
         await publish_batch(js, topology, [old, fresh])
         await seal(js, topology, 1)
 
-        peers = [await InProcessPeer(js, topology, tmp_path / f"p{i}.db", f"p{i}").start() for i in range(3)]
+        peers = [await InProcessPeer(js, topology, backends, f"p{i}").start() for i in range(3)]
         try:
             for peer in peers:
                 await peer.run_until(1)
@@ -161,7 +165,7 @@ async def test_three_peers_on_one_stream_agree_and_a_late_op_is_carried_identica
 
 
 async def test_bad_input_is_recorded_identically_and_never_stops_an_epoch(
-    nats_server: NatsServer, tmp_path: Path
+    nats_server: NatsServer, backends: BackendFactory
 ) -> None:
     topology = Topology(db="t")
     async with connected(nats_server.url) as nc:
@@ -181,7 +185,7 @@ async def test_bad_input_is_recorded_identically_and_never_stops_an_epoch(
         await publish_raw(js, topology, topology.ops_subject("users"), b'{"v":1,"ops":[{"id":"half"}]}')
         await seal(js, topology, 0)
 
-        peers = [await InProcessPeer(js, topology, tmp_path / f"p{i}.db", f"p{i}").start() for i in range(2)]
+        peers = [await InProcessPeer(js, topology, backends, f"p{i}").start() for i in range(2)]
         try:
             for peer in peers:
                 await peer.run_until(0)

@@ -3,8 +3,6 @@ scripts/install.sh) works end to end through the ``oplog.strategies`` entry poin
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from materializer.strategy import get_strategy, strategy_names
@@ -12,7 +10,7 @@ from oplog.op import Op
 from oplog.schema import SchemaMessage
 from oplog.topology import Topology
 from peer.natsd import NatsServer
-from tests.support import InProcessPeer, config, connected, publish_batch, seal, setup_db, wall
+from tests.support import BackendFactory, InProcessPeer, config, connected, publish_batch, seal, setup_db, wall
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +36,7 @@ def test_the_plugin_is_discovered_through_its_entry_point() -> None:
     assert type(get_strategy("fww")).__module__ == "oplog_fww"
 
 
-async def test_a_plugin_strategy_decides_rows_on_every_peer(nats_server: NatsServer, tmp_path: Path) -> None:
+async def test_a_plugin_strategy_decides_rows_on_every_peer(nats_server: NatsServer, backends: BackendFactory) -> None:
     topology = Topology(db="t")
     async with connected(nats_server.url) as nc:
         js = nc.jetstream()
@@ -52,7 +50,7 @@ async def test_a_plugin_strategy_decides_rows_on_every_peer(nats_server: NatsSer
         ]  # fmt: skip
         await publish_batch(js, topology, claims)
         await seal(js, topology, 0)
-        peers = [await InProcessPeer(js, topology, tmp_path / f"p{i}.db", f"p{i}").start() for i in range(2)]
+        peers = [await InProcessPeer(js, topology, backends, f"p{i}").start() for i in range(2)]
         try:
             for peer in peers:
                 await peer.run_until(0)

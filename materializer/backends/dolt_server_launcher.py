@@ -2,7 +2,9 @@
 
 The server never reads the user's global Dolt config: ``DOLT_ROOT_PATH`` points at a scratch
 directory whose config disables metrics (else dolt commands spawn a detached
-``dolt send-metrics`` child as they exit). Pass server environment such as ``DOLT_COMMITTER_DATE`` in ``env``."""
+``dolt send-metrics`` child as they exit). Pass server environment in ``env``, and the committer
+date every commit of the server is stamped with as ``committer_date`` (``DOLT_COMMITTER_DATE``): peers
+that must produce identical commit hashes need the same value (docs/dolt-server.md)."""
 
 from __future__ import annotations
 
@@ -29,6 +31,9 @@ DEFAULT_STOP_TIMEOUT = 10.0
 _REPO_DOLT = Path(__file__).resolve().parents[2] / ".tools" / "bin" / "dolt"
 _LOG_TAIL_CHARS = 4000
 _PORT_ATTEMPTS = 3  # a free port can be taken between probing it and dolt binding it
+COMMITTER_DATE_ENV = "DOLT_COMMITTER_DATE"
+# What dolt logs, and then uses the clock, when it cannot parse DOLT_COMMITTER_DATE (hashing fact 8).
+_UNPARSED_DATE = f"Unable to parse value for {COMMITTER_DATE_ENV}"
 
 
 class DoltServerError(RuntimeError):
@@ -52,6 +57,16 @@ def find_dolt() -> Path:
     if on_path:
         return Path(on_path)
     raise DoltServerError(f"dolt binary not found (${DOLT_BIN_ENV}, {_REPO_DOLT}, PATH); {INSTALL_HINT}")
+
+
+def scratch_root(path: Path) -> dict[str, str]:
+    """Make ``path`` a dolt root dir with metrics off; return the env entries that select it.
+
+    Any dolt command run with these (``dolt log`` in a data dir, say) reads no global config
+    and spawns no detached ``dolt send-metrics``."""
+    (path / ".dolt").mkdir(parents=True, exist_ok=True)
+    (path / ".dolt" / "config_global.json").write_text(json.dumps({"metrics.disabled": "true"}))
+    return {"DOLT_ROOT_PATH": str(path), "HOME": str(path), "DOLT_DISABLE_EVENT_FLUSH": "1"}
 
 
 def _free_port(host: str) -> int:
@@ -92,6 +107,7 @@ class DoltServer:
         *,
         dolt_bin: str | Path | None = None,
         env: Mapping[str, str] | None = None,
+        committer_date: str | None = None,
         host: str = "127.0.0.1",
         start_timeout: float = DEFAULT_START_TIMEOUT,
         stop_timeout: float = DEFAULT_STOP_TIMEOUT,
@@ -105,10 +121,12 @@ class DoltServer:
         self.data_dir = Path(data_dir) if data_dir is not None else self._scratch / "data"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._log_path = self._scratch / "server.log"
-        root = self._scratch / "root"
-        (root / ".dolt").mkdir(parents=True)
-        (root / ".dolt" / "config_global.json").write_text(json.dumps({"metrics.disabled": "true"}))
-        self.env = {**os.environ, "DOLT_ROOT_PATH": str(root), "DOLT_DISABLE_EVENT_FLUSH": "1", **(env or {})}
+        root = scratch_root(self._scratch / "root")
+        root.pop("HOME")  # the server itself keeps the caller's HOME, as before
+        self.env = {**os.environ, **root, **(env or {})}
+        self.committer_date = committer_date
+        if committer_date is not None:
+            self.env[COMMITTER_DATE_ENV] = committer_date
 
     def init_database(self, name: str, *, date: str, user_name: str, user_email: str) -> None:
         """Create database ``name`` in ``data_dir`` with a deterministic init commit (before ``start()``).
@@ -137,11 +155,20 @@ class DoltServer:
                 self.port = _free_port(self.host)
                 self._procs.append(self._spawn())
                 try:
-                    return self._wait_ready(self._procs[0])
+                    self._wait_ready(self._procs[0])
                 except DoltServerError as e:  # dolt says "Port N already in use."
                     if attempt == _PORT_ATTEMPTS or f"Port {self.port} already in use" not in str(e):
                         raise
                     _reap(self._procs.pop(), timeout=0)
+                    continue
+                # dolt falls back to the clock on a date it cannot parse, and only logs it:
+                # a peer started that way would diverge silently, so refuse to run it.
+                if self.committer_date is not None and _UNPARSED_DATE in self.log_tail():
+                    raise DoltServerError(
+                        f"dolt could not parse committer_date={self.committer_date!r} and would use the clock "
+                        f"(use YYYY-MM-DDTHH:MM:SS[.fff]Z):\n{self.log_tail()}"
+                    )
+                return self
         except BaseException:
             self.stop()
             raise

@@ -280,6 +280,7 @@ class DoltliteBackend(Backend):
     # -- write ---------------------------------------------------------------------------
 
     def commit_epoch(self, plan: EpochPlan) -> str:
+        self.refuse_unstorable_keys(plan)
         conn = self.conn
         row = plan.epoch
         with self._mapped():
