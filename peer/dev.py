@@ -26,31 +26,14 @@ from materializer.backends.doltlite import DoltliteBackend
 from materializer.hashes import HashBoard
 from oplog.hlc import HybridLogicalClock
 from oplog.producer import Producer
-from oplog.schema import SchemaMessage
 from oplog.topology import StreamLimits, Topology
 from peer.control import default_origin_ms, init_database, publish_schema
+from peer.demo import DEMO_SCHEMA
 from peer.natsd import NatsCluster, NatsServer
 from peer.processes import PeerProcess
 from peer.service import connect
 
 DB = "demo"
-DEMO_SCHEMA = SchemaMessage.model_validate(
-    {
-        "tables": [
-            {
-                "name": "users",
-                "columns": [
-                    {"name": "id", "type": "text", "nullable": False},
-                    {"name": "name", "type": "text"},
-                    {"name": "score", "type": "integer"},
-                    {"name": "balance", "type": "decimal"},
-                ],
-                "primary_key": ["id"],
-                "strategy": "lww",
-            }
-        ]
-    }
-)
 SETTLE_TIMEOUT_S = 30.0
 
 

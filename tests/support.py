@@ -38,27 +38,11 @@ from oplog.schema import SchemaMessage
 from oplog.stream import publish_json
 from oplog.topology import Topology
 from peer.control import init_database, publish_schema
+from peer.demo import USERS
 
 ORIGIN_MS = 1_700_000_000_000
 EPOCH_MS = 1000
 WAIT_S = 30.0
-
-USERS = SchemaMessage.model_validate(
-    {
-        "tables": [
-            {
-                "name": "users",
-                "columns": [
-                    {"name": "id", "type": "text", "nullable": False},
-                    {"name": "name", "type": "text"},
-                    {"name": "score", "type": "integer"},
-                ],
-                "primary_key": ["id"],
-                "strategy": "lww",
-            }
-        ]
-    }
-)
 
 
 def config(db: str = "t", **overrides: Any) -> DatabaseConfig:

