@@ -1,17 +1,20 @@
 """Verification: every peer publishes ``(epoch, commit hash)``; anyone can compare.
 
-Reports live in the KV bucket ``OPLOG_<db>_HASHES`` under ``e.<epoch>.<peer>``, and
-``p.<peer>`` holds the peer's latest epoch. :func:`compare` groups them per epoch.
+Reports live in the KV bucket ``OPLOG_<db>_HASHES`` under ``e.<epoch>.<peer>``;
+``p.<peer>`` holds the peer's latest epoch and ``d.<peer>`` its last divergence (a
+JSON record, deleted again when the peer repaired). :meth:`HashBoard.collect` groups
+recent reports per epoch; :meth:`HashBoard.reports` reads one epoch's.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import orjson
 from nats.js import JetStreamContext
-from nats.js.errors import NoKeysError
+from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError
 
-from materializer.buckets import key_value
+from materializer.buckets import key_value, keys_matching
 from oplog.topology import Topology
 
 
@@ -42,6 +45,59 @@ class HashBoard:
         kv = await self._bucket()
         await kv.put(f"e.{epoch}.{peer}", commit_hash.encode())
         await kv.put(f"p.{peer}", str(epoch).encode())
+
+    async def peers(self) -> list[str]:
+        """Every peer that ever reported, including peers that are down now."""
+        await self._bucket()
+        return [key[2:] for key in await keys_matching(self._js, self.topology.hashes_bucket, "p.>")]
+
+    async def reports(self, epoch: int, peers: list[str]) -> dict[str, str]:
+        """``peer -> hash`` for ``epoch``, from the peers among ``peers`` that reported it."""
+        kv = await self._bucket()
+        found: dict[str, str] = {}
+        for peer in peers:
+            try:
+                entry = await kv.get(f"e.{epoch}.{peer}")
+            except KeyNotFoundError:
+                continue
+            if entry.value:
+                found[peer] = entry.value.decode()
+        return found
+
+    async def progress(self, peers: list[str]) -> dict[str, int]:
+        """``peer -> latest epoch it reported`` for the peers among ``peers``."""
+        kv = await self._bucket()
+        found: dict[str, int] = {}
+        for peer in peers:
+            try:
+                entry = await kv.get(f"p.{peer}")
+            except KeyNotFoundError:
+                continue
+            if entry.value:
+                found[peer] = int(entry.value)
+        return found
+
+    async def flag_divergence(self, peer: str, record: dict[str, object]) -> None:
+        """Record, for operators and ``oplog status``, that ``peer`` diverged."""
+        kv = await self._bucket()
+        await kv.put(f"d.{peer}", orjson.dumps(record))
+
+    async def clear_divergence(self, peer: str) -> None:
+        kv = await self._bucket()
+        await kv.delete(f"d.{peer}")
+
+    async def divergences(self) -> dict[str, dict[str, object]]:
+        """``peer -> record`` of every peer whose divergence is not repaired."""
+        kv = await self._bucket()
+        found = {}
+        for key in await keys_matching(self._js, self.topology.hashes_bucket, "d.>"):
+            try:
+                entry = await kv.get(key)
+            except (KeyNotFoundError, KeyDeletedError):  # repaired: the record was deleted
+                continue
+            if entry.value:
+                found[key[2:]] = orjson.loads(entry.value)
+        return found
 
     async def collect(self, last: int = 20) -> list[EpochAgreement]:
         """The reports of the ``last`` most recent epochs any peer reported."""

@@ -27,6 +27,7 @@ from materializer.snapshots import SnapshotInfo, SnapshotPolicy, SnapshotStore
 from oplog.topology import Topology
 
 OnCommit = Callable[[int, str], Awaitable[None]]
+BetweenSteps = Callable[["Materializer"], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -127,9 +128,12 @@ class Materializer:
                 done.append(await self._commit(sealed))
         return done
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, *, between_steps: BetweenSteps | None = None) -> None:
         """Step until ``stop`` is set; re-bootstrap from a snapshot if retention
-        removed messages this peer still needs."""
+        removed messages this peer still needs.
+
+        ``between_steps`` runs after every step, when no commit is in flight: the one
+        safe moment to replace the database (divergence repair)."""
         while not stop.is_set():
             try:
                 await self.step()
@@ -139,8 +143,17 @@ class Materializer:
                 if latest is None or latest.epoch <= mine:
                     raise
                 self._log.warning("%s; re-bootstrapping from the snapshot of epoch %d", gap, latest.epoch)
-                await self._install(latest)
-                await self._position()
+                await self.reinstall(latest)
+            if between_steps is not None:
+                await between_steps(self)
+
+    async def reinstall(self, info: SnapshotInfo) -> None:
+        """Replace the database with snapshot ``info`` and resume reading from its epoch.
+
+        Call only between steps (see :meth:`run`)."""
+        await self._install(info)
+        self.last = None
+        await self._position()
 
     async def _commit(self, sealed: SealedEpoch) -> Committed:
         commit_hash, plan = await asyncio.to_thread(self._plan_and_commit, sealed)

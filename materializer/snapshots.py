@@ -18,10 +18,15 @@ from __future__ import annotations
 import logging
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError, ObjectNotFoundError
+from nats.js.errors import (
+    KeyDeletedError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    ObjectNotFoundError,
+)
 from pydantic import BaseModel, ConfigDict, Field
 
-from materializer.buckets import key_value, object_store
+from materializer.buckets import key_value, keys_matching, object_store
 from oplog.topology import Topology
 
 LATEST = "latest"
@@ -67,6 +72,21 @@ class SnapshotStore:
             return None
         return SnapshotInfo.model_validate_json(entry.value or b"")
 
+    async def infos(self) -> list[SnapshotInfo]:
+        """Every kept snapshot, oldest first."""
+        kv, _ = await self._buckets()
+        return await self._infos(kv)
+
+    async def _infos(self, kv) -> list[SnapshotInfo]:  # type: ignore[no-untyped-def]
+        infos = []
+        for key in await keys_matching(self._js, self.topology.snapshots_bucket, "info.>"):
+            try:
+                entry = await kv.get(key)
+            except (KeyNotFoundError, KeyDeletedError):  # retention deleted it
+                continue
+            infos.append(SnapshotInfo.model_validate_json(entry.value or b""))
+        return sorted(infos, key=lambda i: i.epoch)
+
     async def fetch(self, info: SnapshotInfo) -> bytes:
         _, store = await self._buckets()
         result = await store.get(info.object)
@@ -89,15 +109,7 @@ class SnapshotStore:
         return True
 
     async def _retain(self, kv, store, policy: SnapshotPolicy) -> None:  # type: ignore[no-untyped-def]
-        try:
-            keys = await kv.keys()
-        except NoKeysError:
-            return
-        infos = []
-        for key in keys:
-            if key.startswith("info."):
-                infos.append(SnapshotInfo.model_validate_json((await kv.get(key)).value or b""))
-        infos.sort(key=lambda i: i.epoch)
+        infos = await self._infos(kv)
         for old in infos[: -policy.keep]:
             try:
                 await store.delete(old.object)

@@ -17,11 +17,15 @@ from nats.aio.client import Client
 from pydantic import BaseModel, ConfigDict, Field
 
 from epoch.sealer import Sealer
+from materializer.agreement import Verdict
 from materializer.backend import Backend
+from materializer.divergence import DivergenceWatch, Repairer
 from materializer.hashes import HashBoard
 from materializer.materializer import Materializer
+from materializer.snapshots import SnapshotPolicy
 from oplog.stream import ensure_stream, publish_json
 from oplog.topology import StreamLimits, Topology
+from peer import metrics
 
 CONNECT_TIMEOUT_S = 5.0
 
@@ -42,6 +46,14 @@ class PeerConfig(BaseModel):
     seal: bool = True
     seal_tick_s: float = Field(0.05, gt=0)
     replicas: int = Field(1, ge=1, le=5)
+    # Divergence: how often to compare hashes with the other peers, how many peers the
+    # deployment has (a floor for majorities), and whether a peer in the minority
+    # repairs itself from a snapshot or stops.
+    check_interval_s: float = Field(1.0, gt=0)
+    expected_peers: int = Field(1, ge=1)
+    repair: bool = False
+    # Snapshots for joining peers and for repair; None: this peer offers none.
+    snapshots: SnapshotPolicy | None = None
 
     @property
     def topology(self) -> Topology:
@@ -71,8 +83,18 @@ async def connect(url: str, *, name: str) -> Client:
     )
 
 
-async def run_peer(config: PeerConfig, stop: asyncio.Event, *, logger: logging.Logger | None = None) -> None:
-    """Run one peer until ``stop`` is set; every resource is released on the way out."""
+async def run_peer(
+    config: PeerConfig,
+    stop: asyncio.Event,
+    *,
+    backend: Backend | None = None,
+    logger: logging.Logger | None = None,
+) -> None:
+    """Run one peer until ``stop`` is set; every resource is released on the way out.
+
+    Raises :class:`~materializer.errors.Divergence` when this peer's commits disagree
+    with a majority of peers and it may not (or cannot) repair itself. ``backend``
+    replaces the one ``config`` names (tests use it to inject faults)."""
     log = logger or logging.getLogger(f"oplog.peer.{config.name}")
     topology = config.topology
     async with contextlib.AsyncExitStack() as stack:
@@ -81,18 +103,57 @@ async def run_peer(config: PeerConfig, stop: asyncio.Event, *, logger: logging.L
         js = nc.jetstream()
         await ensure_stream(js, topology)
         board = HashBoard(js, topology)
+        watch = DivergenceWatch(board, config.name, expected_peers=config.expected_peers, logger=log)
+        metrics_path = config.data_dir / metrics.METRICS_FILE
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+
+        def write_metrics(materializer: Materializer) -> None:
+            last = materializer.last.epoch if materializer.last else -1
+            metrics.write(metrics_path, metrics.render(config.name, config.db, last, watch.stats))
 
         async def on_commit(epoch: int, commit_hash: str) -> None:
+            watch.committed(epoch, commit_hash)
             try:
                 await board.report(config.name, epoch, commit_hash)
             except Exception as e:  # verification must not stop materializing
                 log.warning("could not report epoch %d: %s", epoch, e)
 
         materializer = Materializer(
-            js, topology, make_backend(config), peer=config.name, on_commit=on_commit, logger=log
+            js,
+            topology,
+            backend or make_backend(config),
+            peer=config.name,
+            on_commit=on_commit,
+            snapshots=config.snapshots,
+            logger=log,
         )
         stack.push_async_callback(materializer.close)
         await materializer.start()
+        repairer = Repairer(materializer.snapshots, board, config.name, repair=config.repair)
+        next_check = 0.0
+
+        async def between_steps(m: Materializer) -> None:
+            nonlocal next_check
+            now = asyncio.get_running_loop().time()
+            if now < next_check:
+                return
+            next_check = now + config.check_interval_s
+            try:
+                judgement = await watch.check()
+            except Exception as e:  # the board is best effort; materializing goes on
+                log.warning("could not compare hashes with the other peers: %s", e)
+                judgement = None
+            if judgement is not None and judgement.verdict is Verdict.MINORITY:
+                await watch.flag(judgement)
+                write_metrics(m)
+                info = await repairer.choose(judgement)  # raises Divergence: stop loudly
+                log.warning("repairing: reinstalling the snapshot of epoch %d by %s", info.epoch, info.peer)
+                await m.reinstall(info)
+                watch.forget()
+                watch.stats.repairs += 1
+                watch.stats.diverged = False
+                await board.clear_divergence(config.name)
+            write_metrics(m)
 
         if config.seal:
 
@@ -105,4 +166,5 @@ async def run_peer(config: PeerConfig, stop: asyncio.Event, *, logger: logging.L
             sealer.start()
             stack.callback(sealer.stop)
         log.info("peer %s serving database %s from %s", config.name, config.db, config.nats_url)
-        await materializer.run(stop)
+        write_metrics(materializer)
+        await materializer.run(stop, between_steps=between_steps)

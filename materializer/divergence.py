@@ -1,0 +1,175 @@
+"""Divergence detection and repair: a peer checks its hashes against the others'.
+
+After each commit the peer remembers ``(epoch, hash)``; :meth:`DivergenceWatch.check`
+(called between materializer steps) reads the other peers' reports from the
+:class:`~materializer.hashes.HashBoard` and judges them (:mod:`materializer.agreement`).
+
+A peer in the minority says so loudly (an ERROR log, a ``d.<peer>`` record on the
+board, the ``oplog_peer_diverged`` metric) and then either stops with
+:class:`~materializer.errors.Divergence` or, with ``repair`` on, reinstalls the newest
+snapshot whose hash a majority of peers reported for its epoch and replays from it.
+A repair that does not get the peer back into agreement (the same epoch diverges
+again: this peer computes differently from the same ops, e.g. another version) stops
+the peer rather than looping.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from materializer.agreement import Judgement, Verdict, judge, majority
+from materializer.errors import Divergence
+from materializer.hashes import HashBoard
+from materializer.snapshots import SnapshotInfo, SnapshotStore
+
+
+@dataclass
+class DivergenceStats:
+    """What the watch has seen; exported as metrics by the peer."""
+
+    agreed_epochs: int = 0
+    last_agreed_epoch: int = -1
+    divergences: int = 0
+    splits: int = 0
+    repairs: int = 0
+    diverged: bool = False
+    last: Judgement | None = None
+
+
+@dataclass
+class DivergenceWatch:
+    """One peer's recent commits and the verdicts on them.
+
+    A Dolt commit hash covers its parents, so peers that agree on epoch ``k`` agree on
+    every epoch before it, and a peer that diverged at ``k`` differs on every epoch
+    after it. So each :meth:`check` judges one epoch, the newest this peer committed
+    that a majority of peers has reached, and that settles every epoch up to it: a few
+    KV reads per check, however short the epochs. ``expected_peers`` (the deployment's
+    size, if known) is a floor for the number of peers a majority is counted against,
+    so a verdict cannot be reached before enough peers have reported at all.
+    """
+
+    board: HashBoard
+    peer: str
+    expected_peers: int = 1
+    remember: int = 4096
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("oplog.divergence"))
+    stats: DivergenceStats = field(default_factory=DivergenceStats)
+    _mine: dict[int, str] = field(default_factory=dict)
+    _judged_through: int = -1
+
+    def committed(self, epoch: int, commit_hash: str) -> None:
+        """Remember an epoch this peer committed (and reported) for checking."""
+        self._mine[epoch] = commit_hash
+        if len(self._mine) > self.remember:  # insertion order is epoch order
+            del self._mine[next(iter(self._mine))]
+
+    def forget(self) -> None:
+        """Drop what this peer committed (after a repair replaced the database)."""
+        self._mine.clear()
+        self._judged_through = -1
+
+    async def check(self) -> Judgement | None:
+        """Judge the newest judgeable epoch, if there is one not judged yet."""
+        if not self._mine:
+            return None
+        peers = await self.board.peers()
+        others = [p for p in peers if p != self.peer]
+        known = max(self.expected_peers, len(others) + 1)
+        progress = await self.board.progress(others)
+
+        def reached(epoch: int) -> int:
+            return sum(1 for v in progress.values() if v >= epoch)
+
+        candidates = [e for e in self._mine if e > self._judged_through and 2 * (1 + reached(e)) > known]
+        if not candidates:
+            return None
+        epoch = max(candidates)
+        reports = await self.board.reports(epoch, others)
+        # Use what this peer committed: its own report may not have landed (best effort).
+        reports[self.peer] = self._mine[epoch]
+        judgement = judge(epoch, self.peer, reports, known)
+        if judgement.verdict is Verdict.PENDING:
+            return None
+        settled = sum(1 for e in self._mine if self._judged_through < e <= epoch)
+        self._judged_through = epoch
+        self._record(judgement, settled)
+        return judgement
+
+    def _record(self, judgement: Judgement, epochs: int) -> None:
+        stats = self.stats
+        stats.last = judgement
+        if judgement.verdict is Verdict.AGREED:
+            stats.agreed_epochs += epochs
+            stats.last_agreed_epoch = max(stats.last_agreed_epoch, judgement.epoch)
+            stats.diverged = False
+            if judgement.dissenters:
+                self.logger.warning(
+                    "epoch %d: %s disagree with the majority this peer is in",
+                    judgement.epoch,
+                    ", ".join(judgement.dissenters),
+                )
+        elif judgement.verdict is Verdict.MINORITY:
+            stats.divergences += 1
+            stats.diverged = True
+            self.logger.error(judgement.describe(self.peer))
+        elif judgement.verdict is Verdict.SPLIT:
+            stats.splits += 1
+            self.logger.error(judgement.describe(self.peer) + "; no peer can tell which hash is right")
+
+    async def flag(self, judgement: Judgement) -> None:
+        await self.board.flag_divergence(
+            self.peer,
+            {
+                "epoch": judgement.epoch,
+                "mine": judgement.mine,
+                "majority": judgement.majority_hash,
+                "majority_peers": list(judgement.majority_peers),
+            },
+        )
+
+
+async def verified_snapshot(store: SnapshotStore, board: HashBoard, *, exclude_peer: str) -> SnapshotInfo | None:
+    """The newest snapshot whose hash a strict majority of peers reported for its epoch.
+
+    A snapshot uploaded by ``exclude_peer`` (the diverged peer itself) is never used.
+    """
+    peers = await board.peers()
+    for info in reversed(await store.infos()):
+        if info.peer == exclude_peer:
+            continue
+        won = majority(await board.reports(info.epoch, peers), len(peers))
+        if won is not None and won[0] == info.commit_hash:
+            return info
+    return None
+
+
+class Repairer:
+    """Decides, per divergence, whether to repair from a snapshot or to stop."""
+
+    def __init__(self, store: SnapshotStore, board: HashBoard, peer: str, *, repair: bool) -> None:
+        self._store = store
+        self._board = board
+        self._peer = peer
+        self._repair = repair
+        self._repaired_epochs: set[int] = set()
+
+    async def choose(self, judgement: Judgement) -> SnapshotInfo:
+        """The snapshot to reinstall for ``judgement``, or raise :class:`Divergence`."""
+        reason = judgement.describe(self._peer)
+        if not self._repair:
+            raise Divergence(f"{reason}; stopping (run with --repair to reinstall a majority snapshot)")
+        if judgement.epoch in self._repaired_epochs:
+            raise Divergence(
+                f"{reason} again after a repair: this peer computes a different commit from the same ops "
+                "(check that every peer runs the same oplog, strategy plugins and backend versions); stopping"
+            )
+        info = await verified_snapshot(self._store, self._board, exclude_peer=self._peer)
+        if info is None:
+            raise Divergence(
+                f"{reason}; no snapshot is confirmed by a majority of peers yet, so it cannot repair. "
+                "Restart it with an empty data directory once a snapshot exists, or stop it"
+            )
+        self._repaired_epochs.add(judgement.epoch)
+        return info
