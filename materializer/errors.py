@@ -10,7 +10,8 @@ Hierarchy::
         │   └── TransientBackendError   worth retrying (lost connection, lock timeout)
         ├── StreamGap          the consumer saw a sequence gap it could not repair
         ├── GenesisError       the shared genesis could not be created or fetched
-        └── Divergence         this peer's hash for an epoch differs from other peers'
+        ├── Divergence         this peer's hash for an epoch differs from other peers'
+        └── VerificationError  ``oplog verify`` could not recompute the epochs asked for
 """
 
 from __future__ import annotations
@@ -57,3 +58,7 @@ class GenesisError(MaterializerError):
 
 class Divergence(MaterializerError):
     """Peers disagree on an epoch's commit hash: the determinism contract broke."""
+
+
+class VerificationError(MaterializerError):
+    """The epochs to verify cannot be recomputed (not sealed yet, or no longer in the stream)."""

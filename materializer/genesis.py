@@ -70,6 +70,11 @@ async def ensure_genesis(
     log.info("genesis: %s installed the shared genesis", peer)
 
 
+async def fetch_genesis(js: JetStreamContext, topology: Topology) -> bytes | None:
+    """The published genesis artifact of ``topology``'s database, or None if there is none yet."""
+    return await _fetch(await object_store(js, topology.genesis_bucket, replicas=topology.limits.replicas))
+
+
 async def _fetch(store: object) -> bytes | None:
     try:
         result = await store.get(GENESIS_OBJECT)  # type: ignore[attr-defined]

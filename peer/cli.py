@@ -1,4 +1,4 @@
-"""The ``oplog`` command line: init, serve, publish, status, dev.
+"""The ``oplog`` command line: init, serve, publish, status, verify, dev, bench.
 
 Configuration is read here and only here (flags, with ``OPLOG_*`` environment
 defaults), then passed down as typed values.
@@ -21,6 +21,7 @@ import orjson
 from pydantic import ValidationError
 
 from epoch.config import DatabaseConfig, LatePolicy
+from materializer.errors import Divergence
 from oplog.errors import OplogError
 from oplog.hlc import HybridLogicalClock
 from oplog.producer import Producer, ProducerConfig
@@ -29,6 +30,7 @@ from oplog.topology import StreamLimits, Topology
 from peer.control import default_origin_ms, init_database, publish_schema, read_timeline
 from peer.service import PeerConfig, connect, run_peer
 
+EXIT_DIVERGED = 3
 DEFAULT_NATS = os.environ.get("OPLOG_NATS_URL", "nats://127.0.0.1:4222")
 DEFAULT_DB = os.environ.get("OPLOG_DB", "demo")
 
@@ -60,6 +62,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["doltlite", "dolt-server"], default="doltlite")
     p.add_argument("--dolt-port", type=int, default=3306, help="dolt sql-server port (backend dolt-server)")
     p.add_argument("--no-seal", action="store_true", help="do not propose seals (another peer does)")
+    p.add_argument(
+        "--snapshot-every", type=int, metavar="N", help="offer a snapshot of every N-th epoch to joining peers"
+    )
+    p.add_argument(
+        "--snapshot-keep", type=int, default=2, metavar="K", help="keep K snapshots; purge the stream below the oldest"
+    )
+
+    p.add_argument(
+        "--expected-peers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="peers in this deployment: a hash needs a majority of at least N peers to judge a divergence",
+    )
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="on divergence, reinstall the newest snapshot a majority confirmed (default: stop with exit 3)",
+    )
+    p.add_argument("--check-interval", type=float, default=1.0, help="seconds between hash comparisons")
+
+    p = sub.add_parser("verify", help="recompute epochs from the stream in a scratch database and compare hashes")
+    _common(p)
+    p.add_argument("--epoch", type=int, help="last epoch to verify (default: the newest any peer reported)")
+    p.add_argument("--from-epoch", type=int, help="first epoch to verify (default: --epoch alone)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the recomputation")
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("publish", help="publish ops read as JSON lines (file or stdin), or a schema")
     _common(p)
@@ -111,6 +140,8 @@ async def cmd_init(args: argparse.Namespace) -> int:
 
 
 async def cmd_serve(args: argparse.Namespace) -> int:
+    from materializer.snapshots import SnapshotPolicy
+
     config = PeerConfig(
         name=args.name,
         db=args.db,
@@ -120,6 +151,12 @@ async def cmd_serve(args: argparse.Namespace) -> int:
         dolt_port=args.dolt_port,
         seal=not args.no_seal,
         replicas=args.replicas,
+        snapshots=SnapshotPolicy(every_epochs=args.snapshot_every, keep=args.snapshot_keep)
+        if args.snapshot_every
+        else None,
+        expected_peers=args.expected_peers,
+        repair=args.repair,
+        check_interval_s=args.check_interval,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -205,28 +242,61 @@ async def cmd_publish(args: argparse.Namespace) -> int:
         await nc.close()
 
 
+async def cmd_verify(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from materializer.verify import verify
+
+    topology = Topology(db=args.db, limits=StreamLimits(replicas=args.replicas))
+    nc = await connect(args.nats, name="oplog-verify")
+    try:
+        with tempfile.TemporaryDirectory(prefix="oplog-verify-") as workdir:
+            result = await verify(
+                nc.jetstream(), topology, Path(workdir), through=args.epoch, since=args.from_epoch,
+                timeout_s=args.timeout,
+            )  # fmt: skip
+    finally:
+        await nc.close()
+    if args.json:
+        checks = [{"epoch": c.epoch, "recomputed": c.recomputed, "reports": c.reports, "disagreeing": c.disagreeing}
+                  for c in result.checks]  # fmt: skip
+        print(orjson.dumps({"base": result.base, "checks": checks, "ok": result.ok}).decode())
+    else:
+        print(f"recomputed from {result.base}")
+        peers = sorted({p for c in result.checks for p in c.reports})
+        print("epoch".rjust(12), "recomputed".ljust(12), *(p.ljust(12) for p in peers), "verdict")
+        for c in result.checks:
+            cells = [c.reports.get(p, "-")[:10].ljust(12) for p in peers]
+            verdict = "ok" if not c.disagreeing else "DIFFERS: " + ", ".join(c.disagreeing)
+            print(str(c.epoch).rjust(12), c.recomputed[:10].ljust(12), *cells, verdict)
+        print("every report matches the recomputation" if result.ok else
+              f"DIVERGENCE: {', '.join(result.disagreeing_peers)} differ from the recomputation")  # fmt: skip
+    return 0 if result.ok else 1
+
+
 async def cmd_status(args: argparse.Namespace) -> int:
     from materializer.hashes import HashBoard
 
     topology = Topology(db=args.db)
     nc = await connect(args.nats, name="oplog-status")
     try:
-        rows = await HashBoard(nc.jetstream(), topology).collect(args.last)
+        board = HashBoard(nc.jetstream(), topology)
+        rows = await board.collect(args.last)
+        diverged = await board.divergences()
     finally:
         await nc.close()
-    agree = all(r.agree for r in rows)
+    agree = all(r.agree for r in rows) and not diverged
     if args.json:
-        print(
-            orjson.dumps(
-                {"epochs": [{"epoch": r.epoch, "hashes": r.hashes, "agree": r.agree} for r in rows], "agree": agree}
-            ).decode()
-        )
+        epochs = [{"epoch": r.epoch, "hashes": r.hashes, "agree": r.agree} for r in rows]
+        print(orjson.dumps({"epochs": epochs, "diverged": diverged, "agree": agree}).decode())
     else:
         peers = sorted({p for r in rows for p in r.hashes})
         print("epoch".rjust(12), *(p.ljust(12) for p in peers), "agree")
         for r in rows:
             cells = [r.hashes.get(p, "-")[:10].ljust(12) for p in peers]
             print(str(r.epoch).rjust(12), *cells, "yes" if r.agree else "NO  <-- DIVERGED")
+        for peer, record in sorted(diverged.items()):
+            print(f"peer {peer} reported its own divergence at epoch {record.get('epoch')} (not repaired)")
         print("all peers agree" if agree else "DIVERGENCE: peers disagree on at least one epoch")
     return 0 if agree else 1
 
@@ -252,9 +322,15 @@ def main(argv: list[str] | None = None) -> int:
         from peer.bench import run_bench
 
         return run_bench(args)
-    handler = {"init": cmd_init, "serve": cmd_serve, "publish": cmd_publish, "status": cmd_status}[args.command]
+    handler = {
+        "init": cmd_init, "serve": cmd_serve, "publish": cmd_publish, "status": cmd_status, "verify": cmd_verify,
+    }[args.command]  # fmt: skip
     try:
         return asyncio.run(handler(args))
+    except Divergence as e:
+        # Its own status, so a supervisor can tell "this peer's data is wrong" from a crash.
+        print(f"oplog: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
     except OplogError as e:
         print(f"oplog: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,81 @@
+"""``oplog verify``: recompute epochs from the stream and name the peer that differs.
+
+Runs the real CLI in a subprocess against three real peers, one of which (``c``)
+miscomputes an epoch and, without ``--repair``, stops on its divergence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from materializer.backends.doltlite import child_env
+from materializer.hashes import HashBoard
+from oplog.topology import Topology
+from peer.natsd import NatsServer
+from tests.running_peers import EPOCHS, FAULT_EPOCH, publish_epochs, run_three, stop_all, wait_until
+from tests.support import config, connected, setup_db
+
+pytestmark = pytest.mark.integration
+
+CLI_TIMEOUT_S = 90.0
+
+
+def oplog_verify(url: str, *args: str) -> tuple[int, str, str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "peer.cli", "verify", "--nats", url, "--db", "t", *args],
+        capture_output=True, text=True, env=child_env(), timeout=CLI_TIMEOUT_S,
+    )  # fmt: skip
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+async def test_verify_recomputes_epochs_and_names_the_peer_that_differs(nats_server: NatsServer, tmp_path: Path) -> None:
+    topology = Topology(db="t")
+    async with connected(nats_server.url) as nc:
+        js = nc.jetstream()
+        await setup_db(js, topology, config())
+        board = HashBoard(js, topology)
+        stops, tasks = await run_three(nats_server.url, tmp_path, repair=False)
+        try:
+            await publish_epochs(nats_server.url, topology)
+
+            async def all_reported() -> bool:
+                return len(await board.reports(EPOCHS - 1, ["a", "b", "c"])) == 3
+
+            # c reports every epoch before its watch stops it (it judges the newest one).
+            await wait_until(all_reported, "every peer to report the last epoch", tasks, allowed_to_end=("c",))
+        finally:
+            await stop_all(stops, tasks)
+
+    # From a snapshot the healthy majority confirmed (a and b snapshot every 2 epochs).
+    code, out, err = await asyncio.to_thread(
+        oplog_verify, nats_server.url, "--from-epoch", str(FAULT_EPOCH), "--epoch", str(EPOCHS - 1), "--json"
+    )
+    assert code == 1, err
+    result = orjson.loads(out)
+    assert result["base"].startswith(f"the snapshot of epoch {FAULT_EPOCH - 1} by ")
+    assert [c["epoch"] for c in result["checks"]] == list(range(FAULT_EPOCH, EPOCHS))
+    for check in result["checks"]:
+        assert check["disagreeing"] == ["c"]
+        assert check["reports"]["a"] == check["reports"]["b"] == check["recomputed"]
+
+    # From the genesis, before the fault: everyone agrees, exit 0, a table on stdout.
+    code, out, err = await asyncio.to_thread(oplog_verify, nats_server.url, "--from-epoch", "0", "--epoch", "2")
+    assert code == 0, err
+    assert out.startswith("recomputed from the genesis") and "every report matches the recomputation" in out
+
+    # oplog status lists c's own divergence record, and fails.
+    status = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "peer.cli", "status", "--nats", nats_server.url, "--db", "t", "--json"],
+        capture_output=True, text=True, env=child_env(), timeout=CLI_TIMEOUT_S,
+    )  # fmt: skip
+    assert status.returncode == 1 and set(orjson.loads(status.stdout)["diverged"]) == {"c"}
+
+    # An epoch nobody sealed: a clear error and exit 2, after the timeout given.
+    code, out, err = await asyncio.to_thread(oplog_verify, nats_server.url, "--epoch", "99", "--timeout", "2")
+    assert code == 2 and "epoch 99 was not recomputed within 2 s" in err and "not be sealed yet" in err
