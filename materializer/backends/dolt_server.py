@@ -68,7 +68,7 @@ GENESIS_TAG = "oplog-genesis"
 PROBE_BRANCH = "oplog-probe"
 PROBE_MESSAGE = "oplog committer-date probe"
 SNAPSHOT_ROOT = "oplog-dolt-backup"
-CHUNK = 400  # keys per lookup statement
+CHUNK = 100  # keys per lookup statement: Dolt serves IN lists of ~100 keys fastest (measured 20-35 vs 60-130 µs per key at 400)
 CONNECT_TIMEOUT_S = 10
 SESSION_SETUP = (
     # Strict: a value that does not fit is an error, never silently truncated.
