@@ -358,7 +358,10 @@ class DoltServerBackend(Backend):
             for row in self._execute(sql, params):
                 values = dict(zip(value_cols, row[width:-1], strict=True))
                 result[tuple(row[:width])] = RowState(values, orjson.loads(row[-1]))
-            hashes = {key_hash(key): key for key in chunk}
+            # A key is a row or a tombstone, never both: only the keys not found can be tombstones.
+            hashes = {key_hash(key): key for key in chunk if key not in result}
+            if not hashes:
+                continue
             marks = ", ".join(["%s"] * len(hashes))
             for pk_hash, meta in self._execute(
                 f"SELECT pk_hash, meta FROM oplog_tombstones WHERE tbl = %s AND pk_hash IN ({marks})",
