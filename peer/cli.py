@@ -224,7 +224,7 @@ async def cmd_publish(args: argparse.Namespace) -> int:
             print("\n".join(f"oplog: {e}" for e in errors), file=sys.stderr)
             return 2
         async with producer:
-            receipts = await asyncio.gather(*(producer.enqueue(op) for op in ops))
+            receipts = await producer.publish_many(ops)
         for r in receipts:
             print(
                 orjson.dumps(

@@ -28,9 +28,21 @@ def make_ops(n: int, node: str = "bench") -> list[Op]:
 
 
 async def producer_run(js: JetStreamContext, topology: Topology, ops: list[Op], batch_ops: int) -> float:
-    """Seconds to enqueue ``ops`` and have every one acknowledged."""
+    """Seconds to publish ``ops`` in one ``publish_many`` and have every one acknowledged."""
     config = ProducerConfig(max_batch_ops=batch_ops)
     clock = HybridLogicalClock("bench-producer")
+    t0 = time.perf_counter()
+    async with Producer(js, topology, clock=clock, config=config) as producer:
+        receipts = await producer.publish_many(ops)
+    seconds = time.perf_counter() - t0
+    assert len(receipts) == len(ops)
+    return seconds
+
+
+async def producer_enqueue_run(js: JetStreamContext, topology: Topology, ops: list[Op], batch_ops: int) -> float:
+    """Seconds to enqueue ``ops`` one at a time and gather every receipt (the per-op API)."""
+    config = ProducerConfig(max_batch_ops=batch_ops)
+    clock = HybridLogicalClock("bench-enqueue")
     t0 = time.perf_counter()
     async with Producer(js, topology, clock=clock, config=config) as producer:
         futures = [producer.enqueue(op) for op in ops]
@@ -41,17 +53,16 @@ async def producer_run(js: JetStreamContext, topology: Topology, ops: list[Op], 
 
 
 async def producer_e2e(js: JetStreamContext, topology: Topology, n: int, batch_ops: int) -> float:
-    """Seconds to make_op (stamp + validate) and submit ``n`` ops, all acknowledged."""
+    """Seconds to make_op (stamp + validate) ``n`` ops and publish them, all acknowledged."""
     config = ProducerConfig(max_batch_ops=batch_ops)
     clock = HybridLogicalClock("bench-e2e")
     t0 = time.perf_counter()
     async with Producer(js, topology, clock=clock, config=config) as producer:
-        futures = [
-            producer.enqueue(producer.make_op(TABLE, f"k{i:08d}", "upsert", {"name": f"n-{i}", "score": i}))
-            for i in range(n)
-        ]
-    await asyncio.gather(*futures)
-    return time.perf_counter() - t0
+        ops = [producer.make_op(TABLE, f"k{i:08d}", "upsert", {"name": f"n-{i}", "score": i}) for i in range(n)]
+        receipts = await producer.publish_many(ops)
+    seconds = time.perf_counter() - t0
+    assert len(receipts) == n
+    return seconds
 
 
 async def raw_run(js: JetStreamContext, topology: Topology, ops: list[Op]) -> float:
@@ -73,18 +84,21 @@ async def measure_publish(url: str, s: Sizes) -> dict[str, Any]:
     async with connected(url) as nc:
         js = nc.jetstream()
         prod_topo, raw_topo, e2e_topo = Topology(db="pubprod"), Topology(db="pubraw"), Topology(db="pube2e")
-        for topo in (prod_topo, raw_topo, e2e_topo):
+        enq_topo = Topology(db="pubenq")
+        for topo in (prod_topo, raw_topo, e2e_topo, enq_topo):
             await ensure_stream(js, topo)
         # Warm-up (connection, async inbox, server stream files), not timed.
         warm = Topology(db="pubwarm")
         await ensure_stream(js, warm)
         await producer_run(js, warm, ops[:2000], s.batch_ops)
+        await producer_enqueue_run(js, warm, ops[:2000], s.batch_ops)
         await raw_run(js, warm, ops[:2000])
         producer_s = await producer_run(js, prod_topo, ops, s.batch_ops)
         raw_s = await raw_run(js, raw_topo, ops)
+        enqueue_s = await producer_enqueue_run(js, enq_topo, ops, s.batch_ops)
         e2e_s = await producer_e2e(js, e2e_topo, n, s.batch_ops)
-        stored = {t.db: (await js.stream_info(t.stream)).state.messages for t in (prod_topo, raw_topo)}
-    producer_rate, raw_rate = rate(n, producer_s), rate(n, raw_s)
+        stored = {t.db: (await js.stream_info(t.stream)).state.messages for t in (prod_topo, raw_topo, enq_topo)}
+    producer_rate, raw_rate, enqueue_rate = rate(n, producer_s), rate(n, raw_s), rate(n, enqueue_s)
     return {
         "ops": n,
         "batch_ops": s.batch_ops,
@@ -93,6 +107,9 @@ async def measure_publish(url: str, s: Sizes) -> dict[str, Any]:
         "raw_s": raw_s,
         "raw_ops_per_s": raw_rate,
         "ratio": producer_rate / raw_rate,
+        "enqueue_s": enqueue_s,
+        "producer_enqueue_ops_per_s": enqueue_rate,
+        "enqueue_ratio": enqueue_rate / raw_rate,
         "make_op_ops_per_s": rate(n, make_s),
         "producer_with_make_op_ops_per_s": rate(n, e2e_s),
         "messages_stored": stored,
