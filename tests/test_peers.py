@@ -53,6 +53,14 @@ async def wait_reached(board: HashBoard, peers: list[PeerProcess], epoch: int, t
         await asyncio.sleep(0.1)
 
 
+async def wait_logged(peer: PeerProcess, text: str, times: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while peer.log_path.read_text(errors="replace").count(text) < times:
+        assert peer.running, f"peer {peer.name} exited:\n{peer.log_tail()}"
+        assert time.monotonic() < deadline, f"{peer.name} did not log {text!r} {times} times:\n{peer.log_tail()}"
+        await asyncio.sleep(0.05)
+
+
 def history_of(peer: PeerProcess) -> tuple[list[tuple[str, str]], int, int]:
     """(epoch tag, hash) pairs, total applied, total rejected, read from the peer's own file."""
     tags = read_db(peer.db_path, "SELECT tag_name, tag_hash FROM dolt_tags ORDER BY tag_name")
@@ -100,6 +108,9 @@ async def test_a_peer_killed_mid_epoch_resumes_at_the_same_hash_with_nothing_los
                 peers[1].kill()
                 kills += 1
                 peers[1].start()
+                # Wait for the restart to resume before the next kill: a fast catch-up can
+                # reach the next `after` before the new process even finished starting.
+                await wait_logged(peers[1], "resuming after epoch", kills)
             await producing
             await wait_reached(board, peers, EPOCHS - 1)
     finally:
