@@ -180,6 +180,7 @@ class NatsServer:
         """SIGTERM, wait up to ``timeout``, then SIGKILL; the process is always reaped."""
         if (proc := self._live()) is not None:
             proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGCONT)  # a paused server acts on SIGTERM only once continued
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -190,6 +191,17 @@ class NatsServer:
         if (proc := self._live()) is not None:
             proc.kill()
             proc.wait(STOP_TIMEOUT)
+
+    def pause(self) -> None:
+        """SIGSTOP: the server stops answering but keeps its sockets open, so clients see
+        timeouts rather than a disconnect (chaos tests)."""
+        if (proc := self._live()) is not None:
+            proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        if (proc := self._live()) is not None:
+            proc.send_signal(signal.SIGCONT)
 
     def restart(self, *, wait: bool = True) -> None:
         """Stop if running, then start again on the same ports and store dir."""
@@ -279,6 +291,13 @@ class NatsCluster:
     def kill(self, i: int) -> None:
         """SIGKILL node ``i``."""
         self.servers[i].kill()
+
+    def index_of(self, server_name: str) -> int:
+        """The index of the node called ``server_name`` (as JetStream names a stream leader)."""
+        for i, server in enumerate(self.servers):
+            if server.server_name == server_name:
+                return i
+        raise NatsServerError(f"no node {server_name!r} in this cluster")
 
     def restart(self, i: int, *, wait: bool = True) -> None:
         """Restart node ``i`` on its old ports and store; with ``wait``, until it rejoined."""

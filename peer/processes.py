@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from materializer.backends.doltlite import child_env
@@ -51,11 +53,13 @@ class PeerProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        """SIGTERM, then SIGKILL after ``timeout``; always reaps."""
+        """SIGTERM, then SIGKILL after ``timeout``; always reaps (a paused peer too)."""
         if self.proc is None:
             return
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+            # A stopped process only acts on SIGTERM once continued (chaos tests pause peers).
+            self.proc.send_signal(signal.SIGCONT)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -68,8 +72,37 @@ class PeerProcess:
             self.proc.kill()
             self.proc.wait(STOP_TIMEOUT_S)
 
+    def pause(self) -> None:
+        """SIGSTOP: the peer freezes mid-whatever, its connections left open (chaos tests)."""
+        if self.running:
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        if self.running:
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGCONT)
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return ""
+
+
+def stop_all(peers: Iterable[PeerProcess], timeout: float = STOP_TIMEOUT_S) -> None:
+    """Stop many peers at once: SIGTERM (and SIGCONT, for paused ones) to all, then reap
+    each, SIGKILLing whoever is still up at the deadline. Never raises for a dead peer."""
+    live = [p for p in peers if p.running]
+    for peer in live:
+        assert peer.proc is not None
+        peer.proc.send_signal(signal.SIGTERM)
+        peer.proc.send_signal(signal.SIGCONT)
+    deadline = time.monotonic() + timeout
+    for peer in live:
+        assert peer.proc is not None
+        try:
+            peer.proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            peer.kill()
