@@ -10,6 +10,7 @@ Hierarchy::
         │   └── TransientBackendError   worth retrying (lost connection, lock timeout)
         ├── StreamGap          the consumer saw a sequence gap it could not repair
         ├── GenesisError       the shared genesis could not be created or fetched
+        ├── BucketNotReady     a KV or object bucket's stream elected no leader in time
         ├── Divergence         this peer's hash for an epoch differs from other peers'
         └── VerificationError  ``oplog verify`` could not recompute the epochs asked for
 """
@@ -52,6 +53,12 @@ class StreamGap(MaterializerError):
 
 class GenesisError(MaterializerError):
     """The shared genesis database could not be created or fetched."""
+
+    retryable = True
+
+
+class BucketNotReady(MaterializerError):
+    """A just-created KV or object bucket has no stream leader yet (a cluster still electing)."""
 
     retryable = True
 

@@ -319,20 +319,10 @@ class Deployment:
         self.nats.stop()
 
     async def start_peers(self, peers: Sequence[PeerProcess]) -> None:
-        """Start ``peers`` and wait until each committed an epoch.
-
-        On a cluster the first peer starts alone and the others once it has committed:
-        peers that create the same R3 KV bucket at the same moment time out reading it
-        and exit (a startup race reported with the chaos suite; see tests/test_chaos.py).
-        """
-        first, rest = (peers[:1], peers[1:]) if self.cluster else (peers, [])
-        for peer in first:
+        """Start ``peers`` together and wait until each committed an epoch."""
+        for peer in peers:
             peer.start()
-        await self.wait_committed(self.epoch_now() - 1, first)
-        for peer in rest:
-            peer.start()
-        if rest:
-            await self.wait_committed(self.epoch_now() - 1, rest)
+        await self.wait_committed(self.epoch_now() - 1, peers)
 
     async def _restart_crashed(self) -> None:
         while True:

@@ -181,16 +181,9 @@ async def test_a_peer_joins_at_epoch_500_from_a_snapshot(tmp_path: Path) -> None
 
 # -- oplog dev --cluster --------------------------------------------------------------------------
 
-STARTUP_RACE = (
-    "bug: peers started at once on a fresh JetStream cluster exit with nats TimeoutError, reading an R3 "
-    "KV bucket another peer is creating (Materializer.start -> SnapshotStore.latest / ensure_genesis); "
-    "see test_clients_opening_a_new_r3_bucket_together_can_all_read_it"
-)
-
 
 @pytest.mark.integration
 @pytest.mark.timeout(180)
-@pytest.mark.xfail(strict=True, reason=STARTUP_RACE)
 def test_oplog_dev_on_a_cluster_exits_0_with_every_peer_agreeing(tmp_path: Path) -> None:
     report = tmp_path / "report.json"
     done = subprocess.run(
@@ -212,7 +205,6 @@ def test_oplog_dev_on_a_cluster_exits_0_with_every_peer_agreeing(tmp_path: Path)
 
 @pytest.mark.integration
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason=STARTUP_RACE)
 async def test_clients_opening_a_new_r3_bucket_together_can_all_read_it(tmp_path: Path) -> None:
     with NatsCluster(tmp_path / "cluster") as cluster:
 
@@ -226,8 +218,8 @@ async def test_clients_opening_a_new_r3_bucket_together_can_all_read_it(tmp_path
                 return "found"
 
         # Three peers, one per node, open the same new bucket at once (materializer.buckets),
-        # as peers starting together do: each must read it (empty). Today all but its
-        # creator time out after 5 s.
+        # as peers starting together do: each must read it (empty). All but its creator
+        # used to time out after 5 s, reading before the bucket's stream had a leader.
         results = await asyncio.gather(*(open_and_read(url) for url in cluster.urls), return_exceptions=True)
         assert results == ["empty"] * 3
 
