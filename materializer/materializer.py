@@ -170,7 +170,7 @@ class Materializer:
         if self._on_commit is not None:
             await self._on_commit(sealed.epoch, commit_hash)
         policy = self._snapshot_policy
-        if policy is not None and sealed.epoch % policy.every_epochs == 0:
+        if policy is not None and policy.due(sealed.first_epoch, sealed.epoch):
             await self._offer_snapshot(sealed, commit_hash, policy)
         return committed
 

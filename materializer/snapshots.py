@@ -39,6 +39,12 @@ class SnapshotPolicy(BaseModel):
     keep: int = Field(2, ge=1)
     purge_stream: bool = True
 
+    def due(self, first_epoch: int, epoch: int) -> bool:
+        """Whether the commit of epochs ``first_epoch..epoch`` gets a snapshot: it closes a
+        multiple of ``every_epochs``. (One commit can close several epochs, so testing
+        ``epoch`` alone would skip snapshots whenever seals fall past the multiples.)"""
+        return epoch // self.every_epochs * self.every_epochs >= first_epoch
+
 
 class SnapshotInfo(BaseModel):
     model_config = ConfigDict(frozen=True)
