@@ -53,28 +53,24 @@ class HashBoard:
 
     async def reports(self, epoch: int, peers: list[str]) -> dict[str, str]:
         """``peer -> hash`` for ``epoch``, from the peers among ``peers`` that reported it."""
-        kv = await self._bucket()
-        found: dict[str, str] = {}
-        for peer in peers:
-            try:
-                entry = await kv.get(f"e.{epoch}.{peer}")
-            except KeyNotFoundError:
-                continue
-            if entry.value:
-                found[peer] = entry.value.decode()
-        return found
+        found = await self._values({peer: f"e.{epoch}.{peer}" for peer in peers})
+        return {peer: value.decode() for peer, value in found.items()}
 
     async def progress(self, peers: list[str]) -> dict[str, int]:
         """``peer -> latest epoch it reported`` for the peers among ``peers``."""
+        return {peer: int(value) for peer, value in (await self._values({p: f"p.{p}" for p in peers})).items()}
+
+    async def _values(self, keys: dict[str, str]) -> dict[str, bytes]:
+        """``name -> value`` of the KV ``keys`` (``name -> key``) that hold one."""
         kv = await self._bucket()
-        found: dict[str, int] = {}
-        for peer in peers:
+        found: dict[str, bytes] = {}
+        for name, key in keys.items():
             try:
-                entry = await kv.get(f"p.{peer}")
-            except KeyNotFoundError:
+                entry = await kv.get(key)
+            except (KeyNotFoundError, KeyDeletedError):
                 continue
             if entry.value:
-                found[peer] = int(entry.value)
+                found[name] = entry.value
         return found
 
     async def flag_divergence(self, peer: str, record: dict[str, object]) -> None:
@@ -88,16 +84,10 @@ class HashBoard:
 
     async def divergences(self) -> dict[str, dict[str, object]]:
         """``peer -> record`` of every peer whose divergence is not repaired."""
-        kv = await self._bucket()
-        found = {}
-        for key in await keys_matching(self._js, self.topology.hashes_bucket, "d.>"):
-            try:
-                entry = await kv.get(key)
-            except (KeyNotFoundError, KeyDeletedError):  # repaired: the record was deleted
-                continue
-            if entry.value:
-                found[key[2:]] = orjson.loads(entry.value)
-        return found
+        await self._bucket()
+        keys = await keys_matching(self._js, self.topology.hashes_bucket, "d.>")
+        found = await self._values({key[2:]: key for key in keys})  # a repaired peer's record is deleted
+        return {peer: orjson.loads(value) for peer, value in found.items()}
 
     async def collect(self, last: int = 20) -> list[EpochAgreement]:
         """The reports of the ``last`` most recent epochs any peer reported."""

@@ -8,17 +8,20 @@ and verify tests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
 from materializer.backends.doltlite import DoltliteBackend
+from materializer.hashes import HashBoard
 from materializer.plan import EpochPlan
 from materializer.snapshots import SnapshotPolicy
 from oplog.op import Op
 from oplog.topology import Topology
 from peer.service import PeerConfig, run_peer
-from tests.support import connected, publish_batch, seal, wall
+from tests.support import config, connected, publish_batch, seal, setup_db, wall
 
 FAULT_EPOCH = 3
 EPOCHS = 8
@@ -70,31 +73,32 @@ async def wait_until(condition, what: str, tasks: dict[str, asyncio.Task[None]],
         await asyncio.sleep(0.05)
 
 
-async def run_three(url: str, root: Path, *, repair: bool) -> tuple[dict[str, asyncio.Event], dict[str, asyncio.Task[None]]]:  # fmt: skip
+@contextlib.asynccontextmanager
+async def three_peers(url: str, root: Path, *, repair: bool) -> AsyncIterator[tuple[HashBoard, dict[str, asyncio.Task[None]]]]:  # fmt: skip
+    """Peers a, b and c (the miscomputing one) on a fresh database ``t``, fed
+    :data:`EPOCHS` sealed epochs; every peer is stopped on the way out."""
+    topology = Topology(db="t")
     stops = {name: asyncio.Event() for name in "abc"}
     (root / "c").mkdir(parents=True)
     faulty = MiscomputingBackend(root / "c" / "t.db", FAULT_EPOCH)
-    tasks = {
-        name: asyncio.create_task(
-            run_peer(peer_config(name, url, root, repair=repair), stops[name], backend=faulty if name == "c" else None)
-        )
-        for name in "abc"
-    }
-    return stops, tasks
-
-
-async def stop_all(stops: dict[str, asyncio.Event], tasks: dict[str, asyncio.Task[None]]) -> None:
-    for event in stops.values():
-        event.set()
-    await asyncio.wait_for(asyncio.gather(*tasks.values(), return_exceptions=True), WAIT_S)
-
-
-async def publish_epochs(url: str, topology: Topology) -> None:
     async with connected(url) as nc:
         js = nc.jetstream()
-        for epoch in range(EPOCHS):
-            await publish_batch(js, topology, epoch_ops(epoch))
-            await seal(js, topology, epoch)
+        await setup_db(js, topology, config())
+        tasks = {
+            name: asyncio.create_task(
+                run_peer(peer_config(name, url, root, repair=repair), stops[name], backend=faulty if name == "c" else None)
+            )
+            for name in "abc"
+        }  # fmt: skip
+        try:
+            for epoch in range(EPOCHS):
+                await publish_batch(js, topology, epoch_ops(epoch))
+                await seal(js, topology, epoch)
+            yield HashBoard(js, topology), tasks
+        finally:
+            for event in stops.values():
+                event.set()
+            await asyncio.wait_for(asyncio.gather(*tasks.values(), return_exceptions=True), WAIT_S)
 
 
 def epoch_hashes(root: Path, name: str) -> list[tuple[int, str]]:

@@ -9,11 +9,9 @@ import pytest
 
 from materializer.errors import Divergence
 from materializer.hashes import HashBoard
-from oplog.topology import Topology
 from peer import metrics
 from peer.natsd import NatsServer
-from tests.running_peers import EPOCHS, FAULT_EPOCH, epoch_hashes, publish_epochs, run_three, stop_all, wait_until
-from tests.support import config, connected, setup_db
+from tests.running_peers import EPOCHS, FAULT_EPOCH, epoch_hashes, three_peers, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -21,26 +19,17 @@ pytestmark = pytest.mark.integration
 async def test_a_peer_in_the_minority_says_so_and_repairs_from_a_majority_snapshot(
     nats_server: NatsServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    topology = Topology(db="t")
-    async with connected(nats_server.url) as nc:
-        js = nc.jetstream()
-        await setup_db(js, topology, config())
-        board = HashBoard(js, topology)
-        stops, tasks = await run_three(nats_server.url, tmp_path, repair=True)
-        try:
-            await publish_epochs(nats_server.url, topology)
+    async with three_peers(nats_server.url, tmp_path, repair=True) as (board, tasks):
 
-            async def repaired_and_agreeing() -> bool:
-                path = tmp_path / "c" / metrics.METRICS_FILE
-                if not path.exists() or metrics.read(path)["oplog_peer_repairs_total"] < 1:
-                    return False
-                reports = await board.reports(EPOCHS - 1, ["a", "b", "c"])
-                return len(reports) == 3 and len(set(reports.values())) == 1
+        async def repaired_and_agreeing() -> bool:
+            path = tmp_path / "c" / metrics.METRICS_FILE
+            if not path.exists() or metrics.read(path)["oplog_peer_repairs_total"] < 1:
+                return False
+            reports = await board.reports(EPOCHS - 1, ["a", "b", "c"])
+            return len(reports) == 3 and len(set(reports.values())) == 1
 
-            await wait_until(repaired_and_agreeing, "peer c to repair and agree on the last epoch", tasks)
-            await wait_until(lambda: _no_divergence(board), "c's divergence record to be cleared", tasks)
-        finally:
-            await stop_all(stops, tasks)
+        await wait_until(repaired_and_agreeing, "peer c to repair and agree on the last epoch", tasks)
+        await wait_until(lambda: _no_divergence(board), "c's divergence record to be cleared", tasks)
 
     for task in tasks.values():
         assert task.exception() is None
@@ -63,34 +52,24 @@ async def _no_divergence(board: HashBoard) -> bool:
 async def test_without_repair_a_diverged_peer_stops_with_a_divergence_and_leaves_a_record(
     nats_server: NatsServer, tmp_path: Path
 ) -> None:
-    topology = Topology(db="t")
-    async with connected(nats_server.url) as nc:
-        js = nc.jetstream()
-        await setup_db(js, topology, config())
-        board = HashBoard(js, topology)
-        stops, tasks = await run_three(nats_server.url, tmp_path, repair=False)
-        try:
-            await publish_epochs(nats_server.url, topology)
+    async with three_peers(nats_server.url, tmp_path, repair=False) as (board, tasks):
 
-            async def c_stopped() -> bool:
-                return tasks["c"].done()
+        async def c_stopped() -> bool:
+            return tasks["c"].done()
 
-            await wait_until(c_stopped, "peer c to stop on its divergence", tasks, allowed_to_end=("c",))
-            with pytest.raises(Divergence, match=r"peer c DIVERGED at epoch \d+.*--repair"):
-                tasks["c"].result()
-            records = await board.divergences()
-            assert set(records) == {"c"} and int(records["c"]["epoch"]) >= FAULT_EPOCH  # type: ignore[call-overload]
-            assert records["c"]["majority_peers"] == ["a", "b"]
-            c_metrics = metrics.read(tmp_path / "c" / metrics.METRICS_FILE)
-            assert c_metrics["oplog_peer_diverged"] == 1 and c_metrics["oplog_peer_divergences_total"] == 1
+        await wait_until(c_stopped, "peer c to stop on its divergence", tasks, allowed_to_end=("c",))
+        with pytest.raises(Divergence, match=r"peer c DIVERGED at epoch \d+.*--repair"):
+            tasks["c"].result()
+        records = await board.divergences()
+        assert set(records) == {"c"} and int(records["c"]["epoch"]) >= FAULT_EPOCH  # type: ignore[call-overload]
+        assert records["c"]["majority_peers"] == ["a", "b"]
+        c_metrics = metrics.read(tmp_path / "c" / metrics.METRICS_FILE)
+        assert c_metrics["oplog_peer_diverged"] == 1 and c_metrics["oplog_peer_divergences_total"] == 1
 
-            async def healthy_peers_done() -> bool:
-                reports = await board.reports(EPOCHS - 1, ["a", "b"])
-                return len(reports) == 2
+        async def healthy_peers_done() -> bool:
+            return len(await board.reports(EPOCHS - 1, ["a", "b"])) == 2
 
-            await wait_until(healthy_peers_done, "peers a and b to commit every epoch", tasks, allowed_to_end=("c",))
-        finally:
-            await stop_all(stops, tasks)
+        await wait_until(healthy_peers_done, "peers a and b to commit every epoch", tasks, allowed_to_end=("c",))
     assert epoch_hashes(tmp_path, "a") == epoch_hashes(tmp_path, "b")
     # c kept its divergent commits for inspection: they differ from FAULT_EPOCH on.
     c_hashes = dict(epoch_hashes(tmp_path, "c"))

@@ -15,11 +15,8 @@ import orjson
 import pytest
 
 from materializer.backends.doltlite import child_env
-from materializer.hashes import HashBoard
-from oplog.topology import Topology
 from peer.natsd import NatsServer
-from tests.running_peers import EPOCHS, FAULT_EPOCH, publish_epochs, run_three, stop_all, wait_until
-from tests.support import config, connected, setup_db
+from tests.running_peers import EPOCHS, FAULT_EPOCH, three_peers, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -34,23 +31,16 @@ def oplog_verify(url: str, *args: str) -> tuple[int, str, str]:
     return proc.returncode, proc.stdout, proc.stderr
 
 
-async def test_verify_recomputes_epochs_and_names_the_peer_that_differs(nats_server: NatsServer, tmp_path: Path) -> None:
-    topology = Topology(db="t")
-    async with connected(nats_server.url) as nc:
-        js = nc.jetstream()
-        await setup_db(js, topology, config())
-        board = HashBoard(js, topology)
-        stops, tasks = await run_three(nats_server.url, tmp_path, repair=False)
-        try:
-            await publish_epochs(nats_server.url, topology)
+async def test_verify_recomputes_epochs_and_names_the_peer_that_differs(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    async with three_peers(nats_server.url, tmp_path, repair=False) as (board, tasks):
 
-            async def all_reported() -> bool:
-                return len(await board.reports(EPOCHS - 1, ["a", "b", "c"])) == 3
+        async def all_reported() -> bool:
+            return len(await board.reports(EPOCHS - 1, ["a", "b", "c"])) == 3
 
-            # c reports every epoch before its watch stops it (it judges the newest one).
-            await wait_until(all_reported, "every peer to report the last epoch", tasks, allowed_to_end=("c",))
-        finally:
-            await stop_all(stops, tasks)
+        # c reports every epoch before its watch stops it (it judges the newest one).
+        await wait_until(all_reported, "every peer to report the last epoch", tasks, allowed_to_end=("c",))
 
     # From a snapshot the healthy majority confirmed (a and b snapshot every 2 epochs).
     code, out, err = await asyncio.to_thread(
