@@ -56,7 +56,13 @@ def run_dev(args: argparse.Namespace) -> int:
         )
         asyncio.run(_init(nats.url, topology, config))
         peers = [
-            PeerProcess(f"peer{i}", DB, nats.url, root / f"peer{i}", extra=["--replicas", str(replicas)])
+            PeerProcess(
+                f"peer{i}",
+                DB,
+                nats.url,
+                root / f"peer{i}",
+                extra=["--replicas", str(replicas), "--expected-peers", str(args.peers)],
+            )  # fmt: skip
             for i in range(1, args.peers + 1)
         ]
         for peer in peers:
