@@ -9,10 +9,11 @@ which must be in autocommit mode (a transaction keeps showing the snapshot it be
 * :func:`wait_for_epoch` — read-your-writes from a producer receipt (decisions.md #16):
   wait until a commit exists whose epoch is at least ``receipt.epoch`` and whose seal comes
   after ``receipt.stream_seq`` in the stream; then the op is in it, applied or rejected.
-* :func:`rows_at_epoch` — a table as epoch ``k`` committed it, through its tag ``epoch-<k>``:
-  ``SELECT * FROM t AS OF 'epoch-<k>'`` on Dolt sql-server, ``dolt_at_t('epoch-<k>')`` on
-  doltlite (which has no ``AS OF``). An epoch closed together with later ones (one seal for
-  several epochs) has no tag of its own: read the commit that closed it.
+* :func:`rows_at_epoch` — a table as epoch ``k`` committed it: ``SELECT * FROM t AS OF
+  'epoch-<k>'`` (its tag) on Dolt sql-server; on doltlite, which has no ``AS OF`` and keeps
+  no tag per epoch, ``dolt_at_t(<hash>)`` of the commit whose message names epoch ``k``. An
+  epoch closed together with later ones (one seal for several epochs) has no commit of its
+  own: read the commit that closed it.
 * :func:`diff_epochs` — row changes between two epochs: Dolt's ``dolt_diff()`` table function
   on sql-server; on doltlite, whose ``dolt_diff_<t>`` holds only parent-to-child steps, the
   two ``dolt_at`` snapshots compared by primary key. Both give the same result.
@@ -190,10 +191,27 @@ async def wait_for_epoch_async(
 def at_epoch_sql(dialect: Dialect, table: str, epoch: int) -> str:
     """The SQL that reads ``table`` as epoch ``epoch`` committed it."""
     _check_name(table)
-    tag = epoch_tag(int(epoch))
     if dialect == "doltlite":
-        return f"SELECT * FROM dolt_at_{table}('{tag}')"
-    return f"SELECT * FROM `{table}` AS OF '{tag}'"
+        return f"SELECT * FROM dolt_at_{table}(({EPOCH_COMMIT_SQL.format(epoch=int(epoch))}))"
+    return f"SELECT * FROM `{table}` AS OF '{epoch_tag(int(epoch))}'"
+
+
+# doltlite keeps no tag per epoch (decisions #28): the epoch's commit is the one whose
+# message's first line names it (materializer.metadata).
+EPOCH_COMMIT_SQL = "SELECT commit_hash FROM dolt_log WHERE message LIKE 'epoch {epoch}' || char(10) || '%'"
+
+
+def _epoch_ref(reader: _Reader, epoch: int) -> str:
+    """A ref Dolt resolves to epoch ``epoch``'s commit: its tag, or on doltlite its hash."""
+    if reader.dialect == "dolt-server":
+        return epoch_tag(int(epoch))
+    _, rows = reader.query(EPOCH_COMMIT_SQL.format(epoch=int(epoch)))
+    if not rows:
+        raise BackendError(
+            f"no commit of epoch {epoch}: it is not committed yet, or it was closed together with a "
+            "later epoch (one seal for several epochs), whose commit holds it"
+        )
+    return str(rows[0][0])
 
 
 def _check_name(table: str) -> None:
@@ -207,13 +225,17 @@ def _key(schema: TableSchema, row: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def _rows_at(reader: _Reader, schema: TableSchema, epoch: int) -> dict[tuple[Any, ...], dict[str, Any]]:
-    columns, rows = reader.query(at_epoch_sql(reader.dialect, schema.name, epoch))
+    ref = _epoch_ref(reader, epoch)  # fails with a message for an epoch without a commit of its own
+    if reader.dialect == "doltlite":
+        columns, rows = reader.query(f"SELECT * FROM dolt_at_{schema.name}(?)", (ref,))
+    else:
+        columns, rows = reader.query(at_epoch_sql(reader.dialect, schema.name, epoch))
     found = (dict(zip(columns, row, strict=True)) for row in rows)
     return {_key(schema, row): row for row in found}
 
 
 def rows_at_epoch(target: Backend | Any, table: str, epoch: int) -> list[dict[str, Any]]:
-    """Every row of ``table`` at the commit tagged ``epoch-<epoch>``, in primary-key order."""
+    """Every row of ``table`` at epoch ``epoch``'s commit, in primary-key order."""
     _check_name(table)
     with _reading(target) as reader:
         rows = _rows_at(reader, reader.schema(table), epoch)
