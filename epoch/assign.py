@@ -23,17 +23,18 @@ the same decisions, and every commit up to ``k`` it would emit again is dropped.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from pydantic import ValidationError
 
 from epoch.config import ConfigChange, DatabaseConfig, LatePolicy, Timeline, check_change
 from epoch.errors import ConfigRejected
-from oplog.codec import canonical_bytes, canonical_json, decode_batch, decode_json, decode_op, raw_op_id
+from oplog.codec import canonical_json, decode_batch, decode_json, decode_record, raw_op_id
 from oplog.errors import CodecError
-from oplog.op import Op
+from oplog.op import Op, OpRecord
 
 NO_EPOCH = -(2**62)
 MAX_RECORDED_PAYLOAD = 65_536
@@ -61,15 +62,22 @@ class StreamMessage:
     payload: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    """An op accepted into a commit; ``late`` if it was carried past its own epoch."""
+class Accepted(NamedTuple):
+    """An op accepted into a commit; ``late`` if it was carried past its own epoch.
+
+    ``op`` is an :class:`~oplog.op.OpRecord` when the assigner made it; planning also
+    takes a pydantic :class:`~oplog.op.Op` (hand-built epochs in tests and benchmarks).
+    ``prepared`` is the result of the assigner's ``prepare`` hook for the op, if any.
+    A tuple rather than a dataclass: one is made per op, and a tuple is built in half
+    the time and held in less memory.
+    """
 
     seq: int
     index: int
-    op: Op
+    op: OpRecord | Op
     epoch: int
     late: bool = False
+    prepared: Any = None  # what Assigner.prepare returned for the op (planning's, opaque here)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +118,12 @@ class SealedEpoch:
 
 @dataclass
 class Assigner:
-    """The assignment state machine of one database (see module docstring)."""
+    """The assignment state machine of one database (see module docstring).
+
+    ``prepare``, if given, is called with every accepted op as it is accepted, and its
+    result travels with the op (:attr:`Accepted.prepared`): the materializer uses it to
+    do per-op planning work while the epoch is still open. It has no say in assignment.
+    """
 
     config: DatabaseConfig | None = None
     timeline: Timeline | None = None
@@ -120,6 +133,7 @@ class Assigner:
     _carried: list[Accepted] = field(default_factory=list)
     _rejected: list[Rejected] = field(default_factory=list)
     _controls: list[Control] = field(default_factory=list)
+    prepare: Callable[[OpRecord], Any] | None = field(default=None, compare=False)
 
     @classmethod
     def resume(
@@ -128,6 +142,8 @@ class Assigner:
         resume_seq: int,
         sealed_before_resume: int,
         committed_through: int,
+        *,
+        prepare: Callable[[OpRecord], Any] | None = None,
     ) -> Assigner:
         """The assigner as it stood just before stream sequence ``resume_seq``.
 
@@ -136,7 +152,7 @@ class Assigner:
         stream. ``sealed_before_resume`` is the highest epoch whose seal came before
         ``resume_seq``; commits up to ``committed_through`` are not emitted again.
         """
-        assigner = cls(committed_through=committed_through)
+        assigner = cls(committed_through=committed_through, prepare=prepare)
         for seq, body in sorted(config_log, key=lambda row: row[0]):
             if seq < resume_seq:
                 assigner._apply_config(seq, body, replay=True)
@@ -191,56 +207,67 @@ class Assigner:
             self._reject(seq, -1, None, Reason.MALFORMED, str(e), message.payload)
             return
         config, timeline = self.config, self.timeline
-        for index, raw in enumerate(raws):
-            if config is None or timeline is None:
+        if config is None or timeline is None:
+            for index, raw in enumerate(raws):
                 self._reject(
                     seq, index, raw_op_id(raw), Reason.NO_CONFIG, "op published before the database's config", raw
                 )
-                continue
+            return
+        # Everything below is per op, on every peer, for every op of the stream: the
+        # per-message invariants are hoisted, and the newest timeline segment (where
+        # nearly every op falls) is inlined instead of calling Timeline.epoch_of.
+        max_bytes = config.max_op_bytes
+        last_sealed = self.last_sealed
+        carry = config.late_policy is not LatePolicy.REJECT
+        future_past = None if last_sealed == NO_EPOCH else last_sealed + config.max_future_epochs
+        newest = timeline.segments[-1]
+        seg_first, seg_start, seg_ms = newest.first_epoch, newest.start_ms, newest.epoch_ms
+        pending, carried = self._pending.append, self._carried.append
+        prepare = self.prepare
+        for index, raw in enumerate(raws):
             try:
-                size = len(canonical_bytes(raw))
+                # Canonical bytes: the size the limit applies to, and (decode_record) the
+                # bytes the op's digest is hashed from.
+                wire: bytes | None = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
+                size = len(wire)  # type: ignore[arg-type]
             except TypeError:
-                size = 0
-            if size > config.max_op_bytes:
+                wire, size = None, 0
+            if size > max_bytes:
                 self._reject(
-                    seq,
-                    index,
-                    raw_op_id(raw),
-                    Reason.OVERSIZE,
-                    f"op is {size} bytes; the limit is {config.max_op_bytes}",
-                    raw,
+                    seq, index, raw_op_id(raw), Reason.OVERSIZE, f"op is {size} bytes; the limit is {max_bytes}", raw
                 )
                 continue
             try:
-                op = decode_op(raw)
+                op = decode_record(raw, wire)
             except CodecError as e:
                 self._reject(seq, index, raw_op_id(raw), Reason.INVALID_OP, str(e), raw)
                 continue
-            epoch = timeline.epoch_of(op.hlc.wall_ms)
-            if epoch <= self.last_sealed:
-                if config.late_policy is LatePolicy.REJECT:
+            wall = op.wall_ms
+            epoch = seg_first + (wall - seg_start) // seg_ms if wall >= seg_start else timeline.epoch_of(wall)
+            if epoch <= last_sealed:
+                if carry:
+                    carried(_tuple_new(Accepted, (seq, index, op, epoch, True, prepare and prepare(op))))
+                else:
                     self._reject(
                         seq,
                         index,
                         op.id,
                         Reason.LATE,
-                        f"epoch {epoch} was already sealed (through {self.last_sealed})",
+                        f"epoch {epoch} was already sealed (through {last_sealed})",
                         raw,
                     )
-                else:
-                    self._carried.append(Accepted(seq, index, op, epoch, late=True))
-            elif self.last_sealed != NO_EPOCH and epoch > self.last_sealed + config.max_future_epochs:
+            elif future_past is not None and epoch > future_past:
                 self._reject(
                     seq,
                     index,
                     op.id,
                     Reason.FUTURE,
                     f"epoch {epoch} is more than {config.max_future_epochs} epochs past the last sealed "
-                    f"epoch {self.last_sealed}; the producer's clock is probably fast",
+                    f"epoch {last_sealed}; the producer's clock is probably fast",
                     raw,
                 )
             else:
-                self._pending.append(Accepted(seq, index, op, epoch))
+                pending(_tuple_new(Accepted, (seq, index, op, epoch, False, prepare and prepare(op))))
 
     def _reject(self, seq: int, index: int, op_id: str | None, reason: str, detail: str, payload: Any = None) -> None:
         self._rejected.append(Rejected(seq, index, op_id, reason, detail, _recordable(payload)))
@@ -311,6 +338,9 @@ class Assigner:
         if epoch <= self.committed_through:
             return None  # already in Dolt: we are replaying after a restart
         return sealed
+
+
+_tuple_new = tuple.__new__  # builds an Accepted without NamedTuple's Python-level __new__
 
 
 def _recordable(payload: Any) -> str:

@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from nats.js import JetStreamContext
 
@@ -21,9 +22,12 @@ from epoch.config import Timeline
 from materializer.backend import Backend
 from materializer.errors import GenesisError, StreamGap
 from materializer.genesis import ensure_genesis
-from materializer.plan import plan_epoch
+from materializer.plan import plan_epoch, prepare_op
+from materializer.readahead import ReadAhead
 from materializer.reader import StreamReader
 from materializer.snapshots import SnapshotInfo, SnapshotPolicy, SnapshotStore
+from oplog.op import OpRecord
+from oplog.schema import TableSchema
 from oplog.topology import Topology
 
 OnCommit = Callable[[int, str], Awaitable[None]]
@@ -65,6 +69,8 @@ class Materializer:
         self.assigner = Assigner()
         self.last: Committed | None = None
         self._reader: StreamReader | None = None
+        self._tables: dict[str, TableSchema] = {}  # as of the last commit: what ops are prepared against
+        self._read_ahead = ReadAhead(backend)
 
     async def start(self) -> None:
         """Open the database (bootstrapping it if new) and position the reader."""
@@ -94,15 +100,21 @@ class Materializer:
         if self._reader is not None:
             await self._reader.close()
         row = await asyncio.to_thread(self.backend.last_epoch)
+        self._tables = await asyncio.to_thread(self.backend.tables)
+        self._read_ahead.clear()
         if row is None:
             start_seq = 1
-            self.assigner = Assigner()
+            self.assigner = Assigner(prepare=self._prepare)
         else:
             start_seq = row.resume_seq
             config_log = await asyncio.to_thread(self.backend.config_log)
             sealed = await asyncio.to_thread(self.backend.sealed_before, start_seq)
             self.assigner = Assigner.resume(
-                config_log, start_seq, NO_EPOCH if sealed is None else sealed, committed_through=row.epoch
+                config_log,
+                start_seq,
+                NO_EPOCH if sealed is None else sealed,
+                committed_through=row.epoch,
+                prepare=self._prepare,
             )
             head = await asyncio.to_thread(self.backend.head)
             self.last = Committed(row.epoch, head, row.applied, row.rejected)
@@ -122,11 +134,27 @@ class Materializer:
         """Read what the stream has (waiting briefly) and commit every epoch it seals."""
         assert self._reader is not None, "call start() first"
         done: list[Committed] = []
-        for message in await self._reader.next_batch():
-            sealed = self.assigner.feed(message)
+        batch = await self._reader.next_batch()
+        batch.reverse()
+        while batch:
+            # Popped, so each payload is freed once fed rather than at the end of the step.
+            sealed = self.assigner.feed(batch.pop())
             if sealed is not None:
                 done.append(await self._commit(sealed))
+                self._read_ahead.clear()
+                self._tables = await asyncio.to_thread(self.backend.tables)
+        if self._read_ahead.pending:
+            # At the stream's head, while the epoch is open: the stored state its plan will
+            # read (readahead.py). A peer catching up plans right away and reads then.
+            await asyncio.to_thread(self._read_ahead.fill)
         return done
+
+    def _prepare(self, op: OpRecord) -> Any:
+        # Per-op planning work done as ops arrive, so the seal leaves less to do; the
+        # plan redoes it for an op whose table changed before the seal (materializer.plan).
+        if self._reader is not None and self._reader.caught_up:
+            self._read_ahead.note(op, self._tables)
+        return prepare_op(op, self._tables, self.backend)
 
     async def run(self, stop: asyncio.Event, *, between_steps: BetweenSteps | None = None) -> None:
         """Step until ``stop`` is set; re-bootstrap from a snapshot if retention
@@ -189,5 +217,5 @@ class Materializer:
             self._log.warning("snapshot of epoch %d failed: %s", sealed.epoch, e)
 
     def _plan_and_commit(self, sealed: SealedEpoch):  # type: ignore[no-untyped-def]
-        plan = plan_epoch(sealed, self.backend.tables(), self.backend)
+        plan = plan_epoch(sealed, self.backend.tables(), self._read_ahead.reader())
         return self.backend.commit_epoch(plan), plan

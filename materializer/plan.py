@@ -12,23 +12,32 @@ returns an :class:`EpochPlan` that a backend writes as ONE Dolt commit. In order
 3. the remaining ops are sorted by ``(wall_ms, logical, node, id)`` and folded row by
    row through their table's strategy; an op that does not fit is recorded as
    rejected, with a reason, and the epoch goes on.
+
+Work ahead of the seal: :func:`prepare_op` does the per-op part that depends only on
+the op and its table's schema (key checks, the strategy's ``prepare``) as the op
+arrives; its result rides on :attr:`~epoch.assign.Accepted.prepared`. ``plan_epoch``
+uses it only if the op's table at the seal equals the one it was prepared against, and
+otherwise does the same work itself, so a plan never depends on when (or whether) its
+ops were prepared (``tests/test_plan.py`` holds both equal).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from operator import itemgetter
+from typing import Any, NamedTuple, Protocol
 
 from pydantic import ValidationError
 
 from epoch.assign import Accepted, SealedEpoch
 from materializer.errors import OpRejected, StrategyError
 from materializer.metadata import CommitMeta, commit_meta, ops_digest
-from materializer.strategy import ABSENT, RowState, get_strategy
-from oplog.codec import canonical_json, digest
+from materializer.strategy import ABSENT, OpLike, RowState, get_strategy
+from oplog.codec import canonical_json, record_of
 from oplog.errors import SchemaError
-from oplog.op import Op
+from oplog.op import OpRecord
 from oplog.schema import ColumnType, SchemaMessage, TableSchema, evolve
 
 Key = tuple[str | int, ...]
@@ -104,11 +113,11 @@ def key_text(key: Key) -> str:
     return canonical_json(list(key))
 
 
-def _payload(op: Op) -> str:
+def _payload(op: OpLike) -> str:
     return canonical_json(op.to_wire())[:MAX_RECORDED_PAYLOAD]
 
 
-def _check_key(table: TableSchema, op: Op) -> None:
+def _check_key(table: TableSchema, op: OpLike) -> None:
     if len(op.key) != len(table.primary_key):
         raise OpRejected(
             "bad_key", f"table {table.name!r} has primary key {list(table.primary_key)}; got {len(op.key)} key part(s)"
@@ -119,6 +128,83 @@ def _check_key(table: TableSchema, op: Op) -> None:
         wanted = str if column.type is ColumnType.TEXT else int
         if not isinstance(part, wanted):
             raise OpRejected("bad_key", f"key column {name!r} is {column.type.value}; got {part!r}")
+
+
+def _key_fits(table: TableSchema) -> Callable[[Key], bool]:
+    """A quick test that a key has ``table``'s shape (exact str/int parts); a key that
+    fails it goes through :func:`_check_key`, which decides and words the rejection."""
+    fits = _KEY_FITS.get(id(table))
+    if fits is not None and fits[0] is table:
+        return fits[1]
+    types = tuple(str if c.type is ColumnType.TEXT else int for c in map(table.column, table.primary_key))  # type: ignore[union-attr]
+    if len(types) == 1:
+        only = types[0]
+        check: Callable[[Key], bool] = lambda key: len(key) == 1 and type(key[0]) is only  # noqa: E731
+    else:
+        check = lambda key: len(key) == len(types) and all(type(p) is t for p, t in zip(key, types, strict=True))  # noqa: E731
+    with _KEY_FITS_LOCK:  # peers in one process plan in parallel threads
+        if len(_KEY_FITS) >= 256:
+            _KEY_FITS.clear()
+        # Keyed by id(); the entry holds the schema itself, so the id cannot be reused.
+        _KEY_FITS[id(table)] = (table, check)
+    return check
+
+
+_KEY_FITS: dict[int, tuple[TableSchema, Callable[[Key], bool]]] = {}
+_KEY_FITS_LOCK = threading.Lock()
+
+
+class _Refused(NamedTuple):
+    """A rejection found ahead of the seal, recorded when the epoch is planned."""
+
+    error: OpRejected
+    by_key: bool  # the table or key refused it, so it never reaches its row
+
+
+def prepare_op(op: OpRecord, tables: Mapping[str, TableSchema], reader: Reader | None = None) -> Any:
+    """The planning work for ``op`` that depends on it and its table's schema alone.
+
+    That is the key checks (``reader.check_key`` too, if the reader has one: the
+    backend's storage limits) and the strategy's :meth:`~materializer.strategy.Strategy.prepare`.
+    The result is meant for :attr:`Accepted.prepared`; None if ``op``'s table is not
+    declared in ``tables`` (a schema message still to come may declare it), or if
+    anything but a rejection went wrong (planning then meets it again, at the seal).
+    """
+    table = tables.get(op.table)
+    if table is None:
+        return None
+    try:
+        try:
+            if not _key_fits(table)(op.key):
+                _check_key(table, op)
+            check_storable = getattr(reader, "check_key", None)
+            if check_storable is not None:
+                check_storable(table, op.key)
+        except OpRejected as e:
+            return (table, _Refused(e, True))
+        try:
+            return (table, get_strategy(table.strategy).prepare(table, op))
+        except OpRejected as e:
+            return (table, _Refused(e, False))
+    except Exception:  # a broken plugin fails where it always did: planning
+        return None
+
+
+class _Freshness:
+    """Whether an op's preparation still holds: its table then equals the table now.
+
+    Call it only when the two are not the same object (the usual case, checked inline
+    by the callers); the verdict is kept per prepared-against schema object.
+    """
+
+    def __init__(self) -> None:
+        self._verdicts: dict[int, bool] = {}  # by id of a schema object the ops keep alive
+
+    def __call__(self, then: TableSchema, now: TableSchema) -> bool:
+        fresh = self._verdicts.get(id(then))
+        if fresh is None:
+            fresh = self._verdicts[id(then)] = then == now
+        return fresh
 
 
 def apply_schema(tables: Mapping[str, TableSchema], body: Any) -> tuple[dict[str, TableSchema], list[TableChange]]:
@@ -137,105 +223,69 @@ def apply_schema(tables: Mapping[str, TableSchema], body: Any) -> tuple[dict[str
     for proposed in message.tables:
         get_strategy(proposed.strategy)
         current = result.get(proposed.name)
-        after = evolve(current, proposed)
+        after = evolve(_uncached(current), proposed)
         if after != current:
             changes.append(TableChange(current, after))
             result[proposed.name] = after
     return result, changes
 
 
+def _uncached(table: TableSchema | None) -> TableSchema | None:
+    """``table`` without its cached column lookups.
+
+    ``evolve`` extends a table with ``model_copy``, which copies the instance dict and
+    so the ``cached_property`` values in it (``columns_by_name``, ``value_columns``):
+    the copy would keep the old columns' lookups. Tables are shared between epochs
+    (a backend may hand out the same object for an unchanged definition), so those
+    caches may be filled; the copy given to ``evolve`` must not have them.
+    """
+    if table is None:
+        return None
+    return TableSchema.model_construct(**{name: getattr(table, name) for name in TableSchema.model_fields})
+
+
 def plan_epoch(sealed: SealedEpoch, tables: Mapping[str, TableSchema], reader: Reader) -> EpochPlan:
     """Everything epoch ``sealed.epoch`` writes; see the module docstring for the order."""
     rejections = [RejectionRow(r.seq, r.index, r.op_id, r.reason, r.detail, r.payload) for r in sealed.rejected]
-    current = dict(tables)
-    changes: list[TableChange] = []
-    config_rows: list[tuple[int, str]] = []
-    for control in sealed.controls:
-        if control.kind == "config":
-            config_rows.append((control.seq, canonical_json(control.body)))
-            continue
-        try:
-            current, made = apply_schema(current, control.body)
-        except (SchemaError, StrategyError) as e:
-            rejections.append(
-                RejectionRow(
-                    control.seq, -1, None, "schema", str(e), canonical_json(control.body)[:MAX_RECORDED_PAYLOAD]
-                )
-            )
-            continue
-        changes.extend(made)
+    current, changes, config_rows = _apply_controls(sealed, tables, rejections)
 
-    # Dedup: first copy in stream order wins.
-    by_stream = sorted(sealed.ops, key=lambda a: (a.seq, a.index))
-    first_copy: dict[str, tuple[Accepted, str]] = {}
-    duplicates = 0
-    for acc in by_stream:
-        op_digest = digest(acc.op.to_wire())
-        seen = first_copy.get(acc.op.id)
-        if seen is None:
-            first_copy[acc.op.id] = (acc, op_digest)
-        elif seen[1] == op_digest:
-            duplicates += 1
-        else:
-            rejections.append(_conflict(acc))
-    known = reader.known_op_ids(sorted(first_copy)) if first_copy else {}
-    survivors: list[tuple[Accepted, str]] = []
-    for op_id, (acc, op_digest) in first_copy.items():
-        stored = known.get(op_id)
-        if stored is None:
-            survivors.append((acc, op_digest))
-        elif stored == op_digest:
-            duplicates += 1
-        else:
-            rejections.append(_conflict(acc))
-    survivors.sort(key=lambda pair: pair[0].op.sort_key())
+    # Dedup: first copy in stream order wins; the digest says whether a later copy is
+    # the same op (a retry) or another op reusing the id.
+    first_copy, duplicates = _first_copies(_records(sealed.ops), rejections)
+    ids = sorted(first_copy)
+    known = reader.known_op_ids(ids) if ids else {}
+    if known:
+        for op_id in ids:
+            stored = known.get(op_id)
+            if stored is not None:
+                acc = first_copy.pop(op_id)
+                if stored == acc.op.digest:
+                    duplicates += 1
+                else:
+                    rejections.append(_conflict(acc))
+        ids = [op_id for op_id in ids if op_id in first_copy]
+    # Every op that reaches its strategy is remembered, applied or not, so that a retry
+    # of it later is a duplicate rather than a second application or rejection.
+    op_ids = tuple((op_id, first_copy[op_id].op.digest) for op_id in ids)
+    # Records start with (wall_ms, logical, node, id) and ids are unique here, so the
+    # records themselves sort in the epoch's total order.
+    survivors = sorted(first_copy.values(), key=_op_of)
 
-    # Validate table and key, then group by row in apply order.
-    rows: dict[str, dict[Key, list[Accepted]]] = {}
-    check_storable = getattr(reader, "check_key", None)
-    for acc, _ in survivors:
-        op = acc.op
-        table = current.get(op.table)
-        try:
-            if table is None:
-                raise OpRejected("unknown_table", f"no table {op.table!r} is declared; publish its schema first")
-            _check_key(table, op)
-            # Storage limits of the backend (e.g. VARCHAR length on dolt-server) are a
-            # function of backend kind and schema only, so every peer rejects alike.
-            if check_storable is not None:
-                check_storable(table, op.key)
-        except OpRejected as e:
-            rejections.append(RejectionRow(acc.seq, acc.index, op.id, e.reason, e.detail, _payload(op)))
-            continue
-        rows.setdefault(op.table, {}).setdefault(op.key, []).append(acc)
-
+    not_applied: set[str] = set()
+    freshness = _Freshness()
+    rows = _rows_by_table(survivors, current, reader, rejections, not_applied, freshness)
     created = {change.after.name for change in changes if change.before is None}
-    applied_ids: set[str] = set()
     writes: list[TableWrites] = []
     for name in sorted(rows):
-        table = current[name]
-        strategy = get_strategy(table.strategy)
+        table, by_key = rows[name]
         # A table created by this very commit has nothing stored yet.
-        stored = {} if name in created else reader.read_rows(table, sorted(rows[name], key=key_text))
-        out = TableWrites(table)
-        for key in sorted(rows[name], key=key_text):
-            before = stored.get(key, ABSENT)
-            state = before
-            for acc in rows[name][key]:
-                try:
-                    state = strategy.apply(table, state, acc.op)
-                except OpRejected as e:
-                    rejections.append(RejectionRow(acc.seq, acc.index, acc.op.id, e.reason, e.detail, _payload(acc.op)))
-                    continue
-                applied_ids.add(acc.op.id)
-            _record(out, key, before, state)
+        keys = sorted(by_key)
+        stored = {} if name in created else reader.read_rows(table, keys)
+        out = _fold_table(table, keys, by_key, stored, rejections, not_applied, freshness)
         if out.upserts or out.deletes or out.cleared_tombstones:
             writes.append(out)
 
-    applied = [acc for acc, _ in survivors if acc.op.id in applied_ids]
-    # Every op that reached its strategy is remembered, applied or not, so that a
-    # retry of it later is a duplicate rather than a second application or rejection.
-    op_ids = tuple(sorted((acc.op.id, d) for acc, d in survivors))
+    applied = [acc for acc in survivors if acc.op.id not in not_applied] if not_applied else survivors
     applied_digest = ops_digest([acc.op.id for acc in applied])
     rejections.sort(key=lambda r: (r.seq, r.index, r.op_id or ""))
     row = EpochRow(
@@ -247,7 +297,7 @@ def plan_epoch(sealed: SealedEpoch, tables: Mapping[str, TableSchema], reader: R
         applied=len(applied),
         rejected=len(rejections),
         duplicates=duplicates,
-        late=sum(1 for acc in applied if acc.late),
+        late=sum(map(_late_of, applied)),
         digest=applied_digest,
     )
     meta = commit_meta(
@@ -271,6 +321,153 @@ def plan_epoch(sealed: SealedEpoch, tables: Mapping[str, TableSchema], reader: R
         config_rows=tuple(config_rows),
         commit=meta,
     )
+
+
+_op_of = itemgetter(2)
+_late_of = itemgetter(4)
+_stream_position = itemgetter(0, 1)
+
+
+def _apply_controls(
+    sealed: SealedEpoch, tables: Mapping[str, TableSchema], rejections: list[RejectionRow]
+) -> tuple[dict[str, TableSchema], list[TableChange], list[tuple[int, str]]]:
+    """Config and schema messages attached to the commit, which take effect first."""
+    current = dict(tables)
+    changes: list[TableChange] = []
+    config_rows: list[tuple[int, str]] = []
+    for control in sealed.controls:
+        if control.kind == "config":
+            config_rows.append((control.seq, canonical_json(control.body)))
+            continue
+        try:
+            current, made = apply_schema(current, control.body)
+        except (SchemaError, StrategyError) as e:
+            rejections.append(
+                RejectionRow(
+                    control.seq, -1, None, "schema", str(e), canonical_json(control.body)[:MAX_RECORDED_PAYLOAD]
+                )
+            )
+            continue
+        changes.extend(made)
+    return current, changes, config_rows
+
+
+def _records(accepted: Sequence[Accepted]) -> Sequence[Accepted]:
+    """``accepted`` with every op an :class:`OpRecord` (hand-built epochs hold pydantic Ops)."""
+    if all(type(acc.op) is OpRecord for acc in accepted):
+        return accepted
+    return [acc._replace(op=record_of(acc.op)) for acc in accepted]
+
+
+def _first_copies(accepted: Sequence[Accepted], rejections: list[RejectionRow]) -> tuple[dict[str, Accepted], int]:
+    """The first copy of each op id in stream order, and how many later copies were
+    identical; a later copy with other content is recorded as a conflict."""
+    unique = {acc.op.id: acc for acc in accepted}
+    if len(unique) == len(accepted):
+        return unique, 0  # no id twice: stream order decides nothing
+    by_stream = sorted(accepted, key=_stream_position)
+    first_copy: dict[str, Accepted] = {}
+    duplicates = 0
+    keep = first_copy.setdefault
+    for acc in by_stream:
+        seen = keep(acc.op.id, acc)
+        if seen is not acc:
+            if seen.op.digest == acc.op.digest:
+                duplicates += 1
+            else:
+                rejections.append(_conflict(acc))
+    return first_copy, duplicates
+
+
+def _rows_by_table(
+    survivors: list[Accepted],
+    current: Mapping[str, TableSchema],
+    reader: Reader,
+    rejections: list[RejectionRow],
+    not_applied: set[str],
+    freshness: _Freshness,
+) -> dict[str, tuple[TableSchema, dict[Key, Accepted | list[Accepted]]]]:
+    """Survivors that name a declared table and fit its key, by table and row, in apply
+    order. A row touched once holds its op; a row touched again holds a list."""
+    check_storable = getattr(reader, "check_key", None)
+    tables: dict[str, tuple[TableSchema, Callable[[Key], bool], dict[Key, Any]] | None] = {}
+    for acc in survivors:
+        op = acc.op
+        name = op.table
+        try:
+            entry = tables[name]
+        except KeyError:
+            table = current.get(name)
+            entry = tables[name] = None if table is None else (table, _key_fits(table), {})
+        key = op.key
+        try:
+            if entry is None:
+                raise OpRejected("unknown_table", f"no table {name!r} is declared; publish its schema first")
+            table, fits, by_key = entry
+            prepared = acc.prepared
+            if prepared is None or (prepared[0] is not table and not freshness(prepared[0], table)):
+                if not fits(key):
+                    _check_key(table, op)
+                # Storage limits of the backend (e.g. VARCHAR length on dolt-server) are a
+                # function of backend kind and schema only, so every peer rejects alike.
+                if check_storable is not None:
+                    check_storable(table, key)
+            elif type(prepared[1]) is _Refused and prepared[1].by_key:
+                raise prepared[1].error
+        except OpRejected as e:
+            rejections.append(RejectionRow(acc.seq, acc.index, op.id, e.reason, e.detail, _payload(op)))
+            not_applied.add(op.id)
+            continue
+        seen = by_key.get(key)
+        if seen is None:
+            by_key[key] = acc
+        elif type(seen) is list:
+            seen.append(acc)
+        else:
+            by_key[key] = [seen, acc]
+    return {name: (entry[0], entry[2]) for name, entry in tables.items() if entry is not None and entry[2]}
+
+
+def _fold_table(
+    table: TableSchema,
+    keys: list[Key],
+    by_key: dict[Key, Accepted | list[Accepted]],
+    stored: Mapping[Key, RowState],
+    rejections: list[RejectionRow],
+    not_applied: set[str],
+    freshness: _Freshness,
+) -> TableWrites:
+    """Each row's ops folded through the table's strategy, from its stored state."""
+    strategy = get_strategy(table.strategy)
+    apply, apply_prepared = strategy.apply, strategy.apply_prepared
+    out = TableWrites(table)
+    upserts = out.upserts
+    for key in keys:
+        before = stored.get(key, ABSENT)
+        state = before
+        ops = by_key[key]
+        for acc in ops if type(ops) is list else (ops,):
+            try:
+                prepared = acc.prepared
+                if prepared is None or (prepared[0] is not table and not freshness(prepared[0], table)):
+                    state = apply(table, state, acc.op)
+                elif type(prepared[1]) is _Refused:
+                    raise prepared[1].error
+                else:
+                    state = apply_prepared(table, state, acc.op, prepared[1])
+            except OpRejected as e:
+                rejections.append(RejectionRow(acc.seq, acc.index, acc.op.id, e.reason, e.detail, _payload(acc.op)))
+                not_applied.add(acc.op.id)
+        # What changed, as _record says, with its two usual cases first: a new row, and
+        # a stored row overwritten (the fold made a new state, its meta differs).
+        if state is before:
+            continue
+        if state.values is not None:
+            if before is ABSENT or (before.values is not None and state.meta != before.meta):
+                upserts.append((key, state.values, state.meta))
+                continue
+        _record(out, key, before, state)
+    return out
 
 
 def _conflict(acc: Accepted) -> RejectionRow:

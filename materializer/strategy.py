@@ -15,32 +15,36 @@ can add one without touching the materializer::
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import entry_points
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from materializer.errors import OpRejected, StrategyError
 from oplog.errors import SchemaError
-from oplog.op import Op, OpKind
-from oplog.schema import TableSchema, normalize_value
+from oplog.op import Op, OpKind, OpRecord
+from oplog.schema import MAX_INTEGER, Column, ColumnType, TableSchema, normalize_value
 
 ENTRY_POINT_GROUP = "oplog.strategies"
 
+OpLike = Op | OpRecord
+"""What a strategy is handed: both read alike (``id``, ``wall_ms``, ``logical``,
+``node``, ``hlc``, ``table``, ``key``, ``kind``, ``data``)."""
 
-@dataclass(frozen=True)
-class RowState:
+
+class RowState(NamedTuple):
     """A row as a strategy sees it.
 
     ``values`` maps every non-key column to its canonical value, or is ``None`` when
     the row does not exist (never written, or deleted). ``meta`` is the strategy's
     own bookkeeping (winning HLCs, CRDT state), a JSON object stored beside the row —
-    for a deleted row it is the tombstone.
+    for a deleted row it is the tombstone. Immutable, and never mutated in place:
+    ``meta`` defaults to one shared empty dict. (A tuple: planning makes one per op.)
     """
 
     values: dict[str, Any] | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = {}
 
     @property
     def exists(self) -> bool:
@@ -57,13 +61,30 @@ class Strategy(ABC):
     kinds: ClassVar[frozenset[OpKind]]
 
     @abstractmethod
-    def apply(self, table: TableSchema, state: RowState, op: Op) -> RowState:
+    def apply(self, table: TableSchema, state: RowState, op: OpLike) -> RowState:
         """The row after ``op``; raises OpRejected if the op cannot apply.
 
         Must be deterministic and must not mutate ``state``.
         """
 
-    def check_kind(self, op: Op) -> None:
+    def prepare(self, table: TableSchema, op: OpLike) -> Any:
+        """The part of :meth:`apply` that depends on ``table`` and ``op`` alone.
+
+        The materializer calls this as ops arrive, before their epoch is sealed, and at
+        the seal hands the result to :meth:`apply_prepared` for the same table and op,
+        so that only the state-dependent part of the fold is left for seal time. It
+        raises :class:`OpRejected` exactly when :meth:`apply` would raise without
+        looking at the state. The result must not be mutated by ``apply_prepared``.
+        The default prepares nothing.
+        """
+        return None
+
+    def apply_prepared(self, table: TableSchema, state: RowState, op: OpLike, prepared: Any) -> RowState:
+        """:meth:`apply`, given ``prepared = self.prepare(table, op)``; must return
+        (or raise) exactly what ``apply(table, state, op)`` does."""
+        return self.apply(table, state, op)
+
+    def check_kind(self, op: OpLike) -> None:
         if op.kind not in self.kinds:
             allowed = ", ".join(sorted(k.value for k in self.kinds))
             raise OpRejected(
@@ -83,19 +104,67 @@ def row_values(table: TableSchema, data: dict[str, Any] | None, *, partial: bool
         data = {}
     if not isinstance(data, dict):
         raise OpRejected("bad_data", "data must be a JSON object")
+    shape = _shape(table)
+    if not shape.names.issuperset(data):
+        for name in data:
+            if table.column(name) is None:
+                raise OpRejected("unknown_column", f"table {table.name!r} has no column {name!r}")
     values: dict[str, Any] = {}
-    for name in data:
-        if table.column(name) is None:
-            raise OpRejected("unknown_column", f"table {table.name!r} has no column {name!r}")
+    unchanged = True  # every value of data is its own canonical form
     try:
-        for column in table.value_columns:
-            if column.name in data:
-                values[column.name] = normalize_value(column, data[column.name])
+        # An exact str for a text column and an in-range int for an integer column are
+        # already canonical; everything else (and every error) goes through
+        # normalize_value, so results and messages are exactly its own.
+        for name, fast, column in shape.value_columns:
+            if name in data:
+                value = data[name]
+                if fast is str:
+                    if type(value) is str:
+                        values[name] = value
+                        continue
+                elif fast is int and type(value) is int and -MAX_INTEGER <= value <= MAX_INTEGER:
+                    values[name] = value
+                    continue
+                normalized = values[name] = normalize_value(column, value)
+                unchanged = unchanged and normalized is value
             elif not partial:
-                values[column.name] = normalize_value(column, None)
+                values[name] = normalize_value(column, None)
+                unchanged = False
     except SchemaError as e:
         raise OpRejected("bad_value", str(e)) from None
-    return values
+    # The usual upsert names exactly the value columns, already canonical: then the op's
+    # own dict is the result (equal to ``values``; neither is ever mutated), and a peer
+    # holds one dict per op instead of two.
+    return data if unchanged and len(values) == len(data) else values
+
+
+class _Shape(NamedTuple):
+    table: TableSchema
+    names: frozenset[str]
+    value_columns: tuple[tuple[str, type | None, Column], ...]
+
+
+_SHAPES: dict[int, _Shape] = {}
+_SHAPES_LOCK = threading.Lock()
+_FAST_TYPES = {ColumnType.TEXT: str, ColumnType.INTEGER: int}
+
+
+def _shape(table: TableSchema) -> _Shape:
+    """``table``'s column lookups, made once per schema object rather than per op."""
+    shape = _SHAPES.get(id(table))
+    if shape is not None and shape.table is table:
+        return shape
+    shape = _Shape(
+        table,
+        frozenset(c.name for c in table.columns),
+        tuple((c.name, _FAST_TYPES.get(c.type), c) for c in table.value_columns),
+    )
+    with _SHAPES_LOCK:  # peers in one process plan in parallel threads
+        if len(_SHAPES) >= 256:
+            _SHAPES.clear()
+        # Keyed by id(); the entry holds the schema itself, so the id cannot be reused.
+        _SHAPES[id(table)] = shape
+    return shape
 
 
 @cache

@@ -3,7 +3,8 @@
 A batch message is ``{"v": 1, "ops": [op, ...]}``. Decoding happens in two steps so
 that one bad op cannot sink its neighbours: :func:`decode_batch` splits the message
 into raw op dicts (failing only if the message as a whole is not a batch), and
-:func:`decode_op` validates each one.
+:func:`decode_op` validates each one (:func:`decode_record` on a peer: the same
+validation, into a lean :class:`~oplog.op.OpRecord`).
 
 Canonical JSON (sorted keys, no whitespace, UTF-8) is what gets written into Dolt and
 hashed, so it must render the same value the same way on every peer.
@@ -18,7 +19,7 @@ import orjson
 from pydantic import ValidationError
 
 from oplog.errors import CodecError
-from oplog.op import Op, fast_op
+from oplog.op import Op, OpRecord, fast_op, fast_record
 
 WIRE_VERSION = 1
 
@@ -71,6 +72,41 @@ def decode_op(raw: Any) -> Op:
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'op'}: {err['msg']}" for err in e.errors())
         raise CodecError(f"invalid op: {problems}") from None
+
+
+def op_digest(op: Op | OpRecord) -> str:
+    """The content digest of an op: SHA-256 of its canonical wire JSON (what dedup compares)."""
+    return hashlib.sha256(canonical_bytes(op.to_wire())).hexdigest()
+
+
+def record_of(op: Op | OpRecord) -> OpRecord:
+    """``op`` as an :class:`OpRecord` (itself if it is one)."""
+    if type(op) is OpRecord:
+        return op
+    hlc = op.hlc
+    return OpRecord(hlc.wall_ms, hlc.logical, hlc.node, op.id, op.table, op.key, op.kind, op.data, op_digest(op))
+
+
+def decode_record(raw: Any, wire: bytes | None = None) -> OpRecord:
+    """Validate one raw op into an :class:`OpRecord`; raises :class:`CodecError` as
+    :func:`decode_op` does, for exactly the same inputs.
+
+    ``wire`` may be ``canonical_bytes(raw)`` when the caller has it already (the size
+    check makes it). If ``raw`` holds exactly the fields :meth:`Op.to_wire` writes, its
+    canonical bytes are those of ``to_wire()``, so the digest is hashed from ``wire``
+    instead of encoding the op a second time.
+    """
+    if (
+        wire is not None
+        and type(raw) is dict
+        and type(raw.get("key")) is list
+        and len(raw) == (5 if raw.get("data") is None else 6)
+        and ("data" in raw) == (len(raw) == 6)
+    ):
+        record = fast_record(raw, hashlib.sha256(wire).hexdigest())
+        if record is not None:
+            return record
+    return record_of(decode_op(raw))
 
 
 def raw_op_id(raw: Any) -> str | None:

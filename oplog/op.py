@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -99,6 +99,19 @@ class Op(BaseModel):
             kinds = ", ".join(k.value for k in OpKind)
             raise ValueError(f"kind {value!r} is not one of {kinds}") from None
 
+    # The HLC parts as attributes, as on :class:`OpRecord`: strategies read both alike.
+    @property
+    def wall_ms(self) -> int:
+        return self.hlc.wall_ms
+
+    @property
+    def logical(self) -> int:
+        return self.hlc.logical
+
+    @property
+    def node(self) -> str:
+        return self.hlc.node
+
     def sort_key(self) -> tuple[int, int, str, str]:
         """The total order inside an epoch: (wall_ms, logical, node, id)."""
         return (self.hlc.wall_ms, self.hlc.logical, self.hlc.node, self.id)
@@ -116,37 +129,91 @@ class Op(BaseModel):
         return wire
 
 
+class OpRecord(NamedTuple):
+    """A validated op as the materializer carries it: an immutable tuple, not a model.
+
+    A peer holds every op of an open epoch in memory, and a pydantic :class:`Op` costs
+    several times the memory and construction time of a tuple. Both validate alike
+    (:func:`fast_record` accepts exactly what :class:`Op` accepts) and read alike:
+    ``id``, ``hlc``, ``wall_ms``, ``logical``, ``node``, ``table``, ``key``, ``kind``,
+    ``data``, :meth:`sort_key` and :meth:`to_wire`.
+
+    The fields start with the epoch's total order ``(wall_ms, logical, node, id)``, so
+    records of distinct ids sort in apply order as they are. ``digest`` is the SHA-256
+    (hex) of the op's canonical wire JSON: what dedup compares and ``oplog_op_ids``
+    stores. It is a function of the other fields, so equality is unaffected by it.
+    """
+
+    wall_ms: int
+    logical: int
+    node: str
+    id: str
+    table: str
+    key: tuple[KeyValue, ...]
+    kind: OpKind
+    data: dict[str, Any] | None
+    digest: str
+
+    @property
+    def hlc(self) -> HLC:
+        return HLC(self.wall_ms, self.logical, self.node)
+
+    def sort_key(self) -> tuple[int, int, str, str]:
+        """The total order inside an epoch: (wall_ms, logical, node, id)."""
+        return (self.wall_ms, self.logical, self.node, self.id)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The same dict as :meth:`Op.to_wire` of the equal :class:`Op`."""
+        wire: dict[str, Any] = {
+            "id": self.id,
+            "hlc": [self.wall_ms, self.logical, self.node],
+            "table": self.table,
+            "key": list(self.key),
+            "kind": self.kind.value,
+        }
+        if self.data is not None:
+            wire["data"] = self.data
+        return wire
+
+    def to_op(self) -> Op:
+        """The pydantic :class:`Op` with the same content."""
+        return Op(id=self.id, hlc=self.hlc, table=self.table, key=self.key, kind=self.kind, data=self.data)
+
+
 _KINDS = {kind.value: kind for kind in OpKind}
-_VALID_TABLES: dict[str, bool] = {}
+# Interned names: a peer holds many ops of few tables and nodes, so sharing one string
+# per name saves memory; both caches are bounded against a stream of junk names.
+_VALID_TABLES: dict[str, str | None] = {}
+_NODES: dict[str, str] = {}
+_CACHE_LIMIT = 10_000
 _FIELDS_SET = frozenset({"id", "hlc", "table", "key", "kind", "data"})
 
 
-def _table_ok(name: Any) -> bool:
-    ok = _VALID_TABLES.get(name) if isinstance(name, str) else False
-    if ok is None:
-        try:
-            check_table_name(name)
-            ok = True
-        except ValueError:
-            ok = False
-        if len(_VALID_TABLES) < 10_000:
-            _VALID_TABLES[name] = ok
-    return bool(ok)
+def _table_name(name: Any) -> str | None:
+    """``name`` (interned) if it is a valid table name, else None."""
+    if type(name) is not str:
+        return None
+    try:
+        return _VALID_TABLES[name]
+    except KeyError:
+        pass
+    try:
+        check_table_name(name)
+        valid: str | None = name
+    except ValueError:
+        valid = None
+    if len(_VALID_TABLES) < _CACHE_LIMIT:
+        _VALID_TABLES[name] = valid
+    return valid
 
 
-def fast_op(raw: Any) -> Op | None:
-    """Build an :class:`Op` from a well-formed wire dict without pydantic's validator.
-
-    The materializer decodes every op of every epoch, and pydantic validation plus
-    construction is most of its time. This checks exactly what the model's validators
-    check and builds the instance directly; on anything unusual it returns None and
-    the caller falls back to :meth:`Op.model_validate`, which also words the error.
-    ``tests/test_codec.py`` holds the two paths equal.
-    """
+def _fast_fields(raw: Any) -> tuple[int, int, str, str, str, tuple[KeyValue, ...], OpKind, Any] | None:
+    """The fields of a well-formed wire op, checked as :class:`Op`'s validators check
+    them, or None for anything unusual (the caller then asks pydantic, which also
+    words the error). ``tests/test_codec.py`` holds the two paths equal."""
     if type(raw) is not dict:
         return None
-    op_id, hlc, table, key, kind = raw.get("id"), raw.get("hlc"), raw.get("table"), raw.get("key"), raw.get("kind")
-    data = raw.get("data")
+    op_id, hlc, key, kind = raw.get("id"), raw.get("hlc"), raw.get("key"), raw.get("kind")
     if type(op_id) is not str or not 0 < len(op_id) <= MAX_ID_LENGTH:
         return None
     if type(hlc) is not list or len(hlc) != 3:
@@ -161,25 +228,64 @@ def fast_op(raw: Any) -> Op | None:
         or not node
     ):
         return None
-    if not _table_ok(table):
+    table = _table_name(raw.get("table"))
+    if table is None:
         return None
     if type(key) is list:
-        if not key or any(type(part) is not str and type(part) is not int for part in key):
+        if not key:
             return None
+        for part in key:
+            if type(part) is not str and type(part) is not int:
+                return None
         key = tuple(key)
     elif type(key) is str or type(key) is int:
         key = (key,)
     else:
         return None
     op_kind = _KINDS.get(kind) if type(kind) is str else None
+    data = raw.get("data")
     if op_kind is None or (data is not None and type(data) is not dict):
         return None
+    interned = _NODES.get(node)
+    if interned is None:
+        interned = node
+        if len(_NODES) < _CACHE_LIMIT:
+            _NODES[node] = node
+    return wall, logical, interned, op_id, table, key, op_kind, data
+
+
+def fast_op(raw: Any) -> Op | None:
+    """Build an :class:`Op` from a well-formed wire dict without pydantic's validator.
+
+    Pydantic validation plus construction is most of the cost of decoding an op. This
+    checks exactly what the model's validators check and builds the instance directly;
+    on anything unusual it returns None and the caller falls back to
+    :meth:`Op.model_validate`, which also words the error.
+    """
+    fields = _fast_fields(raw)
+    if fields is None:
+        return None
+    wall, logical, node, op_id, table, key, op_kind, data = fields
     op = object.__new__(Op)
-    fields = {"id": op_id, "hlc": HLC(wall, logical, node), "table": table, "key": key, "kind": op_kind, "data": data}
-    object.__setattr__(op, "__dict__", fields)
+    values = {"id": op_id, "hlc": HLC(wall, logical, node), "table": table, "key": key, "kind": op_kind, "data": data}
+    object.__setattr__(op, "__dict__", values)
     object.__setattr__(
         op, "__pydantic_fields_set__", _FIELDS_SET if data is not None or "data" in raw else _FIELDS_SET - {"data"}
     )
     object.__setattr__(op, "__pydantic_extra__", None)
     object.__setattr__(op, "__pydantic_private__", None)
     return op
+
+
+def fast_record(raw: Any, digest: str) -> OpRecord | None:
+    """An :class:`OpRecord` of a well-formed wire dict, or None (see :func:`fast_op`).
+
+    ``digest`` is taken as given: :func:`oplog.codec.decode_record` computes it.
+    """
+    fields = _fast_fields(raw)
+    if fields is None:
+        return None
+    return _tuple_new(OpRecord, (*fields, digest))
+
+
+_tuple_new = tuple.__new__  # skips NamedTuple's Python-level __new__ (one record per op)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
@@ -19,9 +20,9 @@ from epoch.assign import (
     StreamMessage,
 )
 from epoch.config import ConfigChange, DatabaseConfig, LatePolicy
-from oplog.codec import WIRE_VERSION, canonical_bytes, canonical_json, encode_batch
+from oplog.codec import WIRE_VERSION, canonical_bytes, canonical_json, encode_batch, record_of
 from oplog.hlc import HLC
-from oplog.op import Op, OpKind
+from oplog.op import Op, OpKind, OpRecord
 
 ORIGIN = 1_000_000
 EPOCH_MS = 1_000
@@ -70,6 +71,11 @@ def run(messages: Iterable[StreamMessage], assigner: Assigner | None = None) -> 
     return [sealed for message in messages if (sealed := assigner.feed(message)) is not None]
 
 
+def rec(op: Op) -> OpRecord:
+    """What the assigner carries for ``op``: the same content as a lean record."""
+    return record_of(op)
+
+
 def recorded(op: Op | dict[str, Any]) -> str:
     return canonical_json(op.to_wire() if isinstance(op, Op) else op)
 
@@ -95,7 +101,7 @@ def test_a_seal_turns_the_ops_of_its_epoch_into_one_commit() -> None:
             resume_seq=2,
             end_ms=ORIGIN + EPOCH_MS,
             config=CONFIG,
-            ops=(Accepted(2, 0, a, 0), Accepted(3, 0, b, 0)),
+            ops=(Accepted(2, 0, rec(a), 0), Accepted(3, 0, rec(b), 0)),
             rejected=(),
             controls=(Control(1, "config", CONFIG_BODY),),
         )
@@ -115,7 +121,7 @@ def test_a_late_op_is_carried_into_the_next_commit_under_the_carry_policy() -> N
 
     first, second = run(s.messages)
 
-    assert first.ops == (Accepted(2, 0, a, 0),)
+    assert first.ops == (Accepted(2, 0, rec(a), 0),)
     # b is kept with its own epoch number and flagged late; the commit is epoch 1's.
     assert second == SealedEpoch(
         epoch=1,
@@ -124,7 +130,7 @@ def test_a_late_op_is_carried_into_the_next_commit_under_the_carry_policy() -> N
         resume_seq=6,
         end_ms=ORIGIN + 2 * EPOCH_MS,
         config=CONFIG,
-        ops=(Accepted(4, 1, b, 0, late=True), Accepted(4, 0, c, 1)),
+        ops=(Accepted(4, 1, rec(b), 0, late=True), Accepted(4, 0, rec(c), 1)),
         rejected=(),
         controls=(),
     )
@@ -141,7 +147,7 @@ def test_a_late_op_is_recorded_as_rejected_under_the_reject_policy() -> None:
 
     _, second = run(s.messages)
 
-    assert second.ops == (Accepted(3, 1, c, 1),)
+    assert second.ops == (Accepted(3, 1, rec(c), 1),)
     assert second.rejected == (Rejected(3, 0, "b", "late", "epoch 0 was already sealed (through 0)", recorded(b)),)
 
 
@@ -157,7 +163,7 @@ def test_an_op_too_far_past_the_last_seal_is_rejected_as_future() -> None:
     _, sealed = run(s.messages)
 
     assert (sealed.epoch, sealed.first_epoch) == (3, 1)
-    assert sealed.ops == (Accepted(3, 0, near, 3),)
+    assert sealed.ops == (Accepted(3, 0, rec(near), 3),)
     assert sealed.rejected == (
         Rejected(
             3,
@@ -188,7 +194,7 @@ def test_bad_messages_and_ops_are_rejected_and_attached_to_the_next_commit() -> 
     first, second = run(s.messages)
 
     # The good op of the mixed batch is kept; each bad part is recorded where it was.
-    assert first.ops == (Accepted(4, 0, good, 0),)
+    assert first.ops == (Accepted(4, 0, rec(good), 0),)
     not_json, not_batch, invalid, oversize, unknown = first.rejected
     assert (not_json.seq, not_json.index, not_json.op_id, not_json.reason, not_json.payload) == (
         2,
@@ -216,7 +222,7 @@ def test_bad_messages_and_ops_are_rejected_and_attached_to_the_next_commit() -> 
     assert unknown == Rejected(5, -1, None, "unknown_subject", "message on a subject oplog does not use", "hello")
 
     # Each rejection is recorded once: the next commit carries none of them.
-    assert second.ops == (Accepted(7, 0, after, 1),)
+    assert second.ops == (Accepted(7, 0, rec(after), 1),)
     assert second.rejected == ()
 
 
@@ -264,7 +270,7 @@ def test_duplicate_and_stale_seals_are_ignored() -> None:
     assert [sealed.epoch if sealed else None for sealed in outcomes] == [None, 0, None, None, None, None, 1]
     last = outcomes[-1]
     assert last is not None
-    assert (last.first_epoch, last.seal_seq, last.ops, last.rejected) == (1, 7, (Accepted(5, 0, op, 1),), ())
+    assert (last.first_epoch, last.seal_seq, last.ops, last.rejected) == (1, 7, (Accepted(5, 0, rec(op), 1),), ())
 
 
 def test_a_seal_past_the_next_epoch_closes_every_epoch_in_between_in_one_commit() -> None:
@@ -286,7 +292,7 @@ def test_a_seal_past_the_next_epoch_closes_every_epoch_in_between_in_one_commit(
         resume_seq=3,
         end_ms=ORIGIN + 4 * EPOCH_MS,
         config=config,
-        ops=(Accepted(3, 0, ops[0], 1), Accepted(3, 1, ops[1], 2), Accepted(3, 2, ops[2], 3)),
+        ops=(Accepted(3, 0, rec(ops[0]), 1), Accepted(3, 1, rec(ops[1]), 2), Accepted(3, 2, rec(ops[2]), 3)),
         rejected=(),
         controls=(),
     )
@@ -325,7 +331,7 @@ def test_a_config_change_too_soon_is_rejected_and_a_valid_one_moves_later_bounda
     # Epochs before the change keep their windows; later ones are 500 ms long.
     assert four.end_ms == ORIGIN + 5 * EPOCH_MS
     assert (six.epoch, six.first_epoch, six.end_ms) == (6, 5, ORIGIN + 6_000)
-    assert six.ops == (Accepted(7, 0, op, 6),)
+    assert six.ops == (Accepted(7, 0, rec(op), 6),)
 
 
 def test_a_config_change_before_the_first_seal_is_rejected() -> None:
@@ -530,7 +536,7 @@ def test_the_arrival_order_of_an_epochs_ops_before_its_seal_does_not_matter(
         for commit in (upto_1, upto_3):
             in_order = sorted((a.op for a in commit.ops), key=lambda op: op.sort_key())
             assert in_order == sorted(
-                (op for op in ops if commit.first_epoch <= (op.hlc.wall_ms - ORIGIN) // EPOCH_MS <= commit.epoch),
+                (rec(op) for op in ops if commit.first_epoch <= (op.hlc.wall_ms - ORIGIN) // EPOCH_MS <= commit.epoch),
                 key=lambda op: op.sort_key(),
             )
 
@@ -558,3 +564,26 @@ def test_a_peer_resumed_after_any_commit_emits_exactly_the_same_later_commits(
 
         # Nothing up to commit i comes out twice, and everything after comes out the same.
         assert again == full[i + 1 :]
+
+
+@settings(max_examples=100, deadline=None)
+@given(scripts(), st.lists(st.booleans(), min_size=1, max_size=50))
+def test_a_prepare_hook_rides_along_with_each_accepted_op_and_changes_no_assignment(
+    script: tuple[DatabaseConfig, list[tuple[Any, ...]]], breaks: list[bool]
+) -> None:
+    config, events_ = script
+    messages = build(config, events_, breaks)
+    seen: list[OpRecord] = []
+
+    def prepare(op: OpRecord) -> tuple[str, str]:
+        seen.append(op)
+        return ("prepared", op.id)
+
+    plain = run(messages)
+    hooked = run(messages, Assigner(prepare=prepare))
+
+    # Each accepted op (on time or carried late) carries what the hook made of it...
+    assert all(a.prepared == ("prepared", a.op.id) for sealed in hooked for a in sealed.ops)
+    # ...the hook saw only accepted ops, and the commits are otherwise the same.
+    assert {a.op.id for sealed in hooked for a in sealed.ops} <= {op.id for op in seen}
+    assert [dataclasses.replace(s, ops=tuple(a._replace(prepared=None) for a in s.ops)) for s in hooked] == plain

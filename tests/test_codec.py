@@ -1,5 +1,6 @@
-"""The fast op decoder must build exactly what pydantic validation builds, and fall
-back to it (with its error messages) for anything unusual."""
+"""The fast op decoders (the pydantic Op a producer gets, the lean record a peer keeps)
+must build exactly what pydantic validation builds, and fall back to it (with its
+error messages) for anything unusual."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oplog.codec import decode_op
+from oplog.codec import canonical_bytes, decode_op, decode_record, digest, record_of
 from oplog.errors import CodecError
 from oplog.op import Op, fast_op
 
@@ -54,3 +55,55 @@ def test_fast_path_agrees_with_pydantic(raw: dict[str, Any]) -> None:
 def test_an_invalid_op_is_refused_with_every_problem_named() -> None:
     with pytest.raises(CodecError, match=r"invalid op: hlc: .*; kind: .*'zap' is not one of"):
         decode_op({"id": "a", "hlc": [1, 0], "table": "t", "key": "k", "kind": "zap"})
+
+
+def wire_bytes(raw: Any) -> bytes | None:
+    """The canonical bytes the assigner's size check makes (none for what JSON cannot hold)."""
+    try:
+        return canonical_bytes(raw)
+    except TypeError:
+        return None
+
+
+@settings(max_examples=400, deadline=None)
+@given(raw_ops, st.dictionaries(st.sampled_from(["extra", "v", "note"]), scalars, max_size=2))
+def test_the_record_decoder_accepts_and_refuses_exactly_what_the_model_does(
+    raw: dict[str, Any], extra: dict[str, Any]
+) -> None:
+    # Unknown fields too: they are ignored, but they are in the bytes the size check hashes.
+    raw = {**raw, **extra}
+    wire = wire_bytes(raw)
+    try:
+        expected: Op | None = decode_op(raw)
+    except CodecError as e:
+        with pytest.raises(CodecError) as caught:
+            decode_record(raw, wire)
+        assert str(caught.value) == str(e)
+        return
+    assert expected is not None
+    record = decode_record(raw, wire)
+    # The same op, read through the same attributes...
+    assert record.to_op() == expected
+    assert record.to_wire() == expected.to_wire()
+    assert record.sort_key() == expected.sort_key()
+    assert (record.hlc, record.wall_ms, record.logical, record.node) == (expected.hlc, *expected.hlc)
+    # ...with the digest dedup always used: of the op's canonical wire form, not the raw bytes.
+    assert record.digest == digest(expected.to_wire())
+    assert decode_record(raw) == record == record_of(expected)
+
+
+def test_a_record_digest_hashes_the_ops_wire_form_whatever_extra_the_raw_op_had() -> None:
+    plain = {"id": "a", "hlc": [5, 0, "n"], "table": "t", "key": ["k"], "kind": "upsert", "data": {"x": 1}}
+    variants = [
+        plain,
+        {**plain, "future_field": [1, 2]},  # unknown fields are ignored
+        {**plain, "key": "k"},  # a bare single-part key
+    ]
+    no_data = {k: v for k, v in plain.items() if k != "data"}
+    digests = {decode_record(raw, canonical_bytes(raw)).digest for raw in variants}
+
+    assert digests == {digest(plain)}
+    # "data": null is the op without data.
+    assert decode_record({**no_data, "data": None}, canonical_bytes({**no_data, "data": None})).digest == digest(
+        no_data
+    )

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from epoch.assign import Accepted, Control, Rejected, SealedEpoch
 from epoch.config import DatabaseConfig
 from materializer.metadata import CommitMeta, ops_digest
-from materializer.plan import EpochPlan, EpochRow, Key, RejectionRow, TableChange, TableWrites, plan_epoch
+from materializer.plan import EpochPlan, EpochRow, Key, RejectionRow, TableChange, TableWrites, plan_epoch, prepare_op
 from materializer.strategy import RowState
-from oplog.codec import canonical_json, digest
+from oplog.codec import canonical_json, digest, record_of
 from oplog.hlc import HLC
 from oplog.op import Op, OpKind
 from oplog.schema import Column, ColumnType, TableSchema
@@ -382,3 +382,83 @@ def test_the_plan_does_not_depend_on_the_order_ops_are_handed_over(
     assert plan.commit.date == "2026-01-01T00:00:04.000Z"
     assert plan.commit.message.startswith("epoch 3\n\nepochs: 3\n")
     assert f"digest: {plan.epoch.digest}\n" in plan.commit.message
+
+
+# -- work done ahead of the seal ------------------------------------------------------------
+
+ITEMS_NO_PRICE = ITEMS.model_copy(update={"columns": ITEMS.columns[:3]})
+ITEMS_FIELDWISE = ITEMS.model_copy(update={"strategy": "field-lww"})
+
+
+def prepared_against(
+    epoch: SealedEpoch, reader: FakeReader, tables: dict[str, TableSchema], which: list[bool]
+) -> SealedEpoch:
+    """``epoch`` as a peer's assigner hands it over: records, some prepared against ``tables``."""
+    ops = []
+    for acc, prepare in zip(epoch.ops, which * len(epoch.ops), strict=False):
+        record = record_of(acc.op)
+        ops.append(acc._replace(op=record, prepared=prepare_op(record, tables, reader) if prepare else None))
+    return dataclasses.replace(epoch, ops=tuple(ops))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    epochs(),
+    st.sampled_from(["same", "equal", "stale price", "stale strategy", "none"]),
+    st.lists(st.booleans(), min_size=1, max_size=7),
+)
+def test_a_plan_built_from_ops_prepared_as_they_arrived_equals_one_built_at_the_seal(
+    epoch_and_reader: tuple[SealedEpoch, FakeReader], against: str, which: list[bool]
+) -> None:
+    epoch, reader = epoch_and_reader
+    # Ops prepared against the tables in force at the seal, an equal copy of them, a
+    # schema the seal no longer has (a column added, a strategy changed), or nothing;
+    # each op prepared or not, as it happens to arrive before or after a commit.
+    tables = {
+        "same": TABLES,
+        "equal": {name: t.model_copy() for name, t in TABLES.items()},
+        "stale price": {**TABLES, "items": ITEMS_NO_PRICE},
+        "stale strategy": {**TABLES, "items": ITEMS_FIELDWISE},
+        "none": {},
+    }[against]
+
+    at_once = plan_epoch(epoch, TABLES, reader)
+
+    assert plan_epoch(prepared_against(epoch, reader, tables, which), TABLES, reader) == at_once
+
+
+def test_an_op_refused_by_the_schema_it_arrived_under_is_applied_under_the_one_its_seal_brings() -> None:
+    # The op arrives while items has no price column, so preparing it refuses it...
+    early = record_of(op("p1", data={"price": "2.50"}))
+    prepared = prepare_op(early, {"items": ITEMS_NO_PRICE})
+    assert prepared is not None and prepared[1].error.reason == "unknown_column"
+    # ...but the schema message adding the column is attached to the same commit.
+    declare = Control(5, "schema", {"tables": [ITEMS.model_dump(mode="json")]})
+    epoch = sealed(Accepted(7, 0, early, 3, prepared=prepared), controls=(declare,))
+
+    plan = plan_epoch(epoch, {"items": ITEMS_NO_PRICE}, FakeReader())
+
+    assert plan.rejections == ()
+    assert plan.writes[0].upserts == [(("a",), {"name": None, "qty": None, "price": "2.5"}, row(early, None).meta)]
+
+
+def test_a_plan_of_pydantic_ops_equals_the_plan_of_their_records() -> None:
+    ops = [Accepted(10, i, op(f"o{i}", (k,), at=3_000 + i), 3) for i, k in enumerate("abca")]
+    as_records = sealed(*(acc._replace(op=record_of(acc.op)) for acc in ops))
+
+    assert plan_epoch(as_records, TABLES, FakeReader()) == plan_epoch(sealed(*ops), TABLES, FakeReader())
+
+
+def test_a_table_whose_column_lookups_were_used_gains_a_column_with_working_lookups() -> None:
+    # The table has served ops already (its cached column lookups are filled)...
+    items = ITEMS_NO_PRICE.model_copy(update={"columns": ITEMS_NO_PRICE.columns})
+    assert items.column("qty") is not None and len(items.value_columns) == 2
+    # ...when a schema message adds a column, and an op of the same commit sets it.
+    declare = Control(5, "schema", {"tables": [ITEMS.model_dump(mode="json")]})
+    priced = Accepted(7, 0, op("p1", data={"price": "2.50"}), 3)
+
+    plan = plan_epoch(sealed(priced, controls=(declare,)), {"items": items}, FakeReader())
+
+    assert plan.table_changes == (TableChange(items, ITEMS),)
+    assert plan.rejections == ()
+    assert plan.writes[0].upserts == [(("a",), {"name": None, "qty": None, "price": "2.5"}, row(priced.op, None).meta)]

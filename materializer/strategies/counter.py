@@ -33,8 +33,8 @@ from decimal import Decimal
 from typing import Any
 
 from materializer.errors import OpRejected
-from materializer.strategy import RowState, Strategy
-from oplog.op import Op, OpKind
+from materializer.strategy import OpLike, RowState, Strategy
+from oplog.op import OpKind
 from oplog.schema import MAX_INTEGER, Column, ColumnType, TableSchema, normalize_value
 
 COUNTER_TYPES = frozenset({ColumnType.INTEGER, ColumnType.DECIMAL})
@@ -112,7 +112,10 @@ class Counter(Strategy):
     name = "counter"
     kinds = frozenset({OpKind.INCR})
 
-    def apply(self, table: TableSchema, state: RowState, op: Op) -> RowState:
+    def apply(self, table: TableSchema, state: RowState, op: OpLike) -> RowState:
+        return self.apply_prepared(table, state, op, self.prepare(table, op))
+
+    def prepare(self, table: TableSchema, op: OpLike) -> dict[str, int | Decimal]:
         self.check_kind(op)
         for column in table.value_columns:
             if column.type not in COUNTER_TYPES and not column.nullable:
@@ -121,7 +124,12 @@ class Counter(Strategy):
                     f"table {table.name!r} uses strategy 'counter', which leaves non-counter columns NULL; "
                     f"declare column {column.name!r} nullable",
                 )
-        deltas = parse_deltas(table, op.data)
+        return parse_deltas(table, op.data)
+
+    def apply_prepared(
+        self, table: TableSchema, state: RowState, op: OpLike, prepared: dict[str, int | Decimal]
+    ) -> RowState:
+        deltas = prepared
         if state.values is None:
             values: dict[str, Any] = {
                 c.name: (0 if c.type is ColumnType.INTEGER else "0") if c.type in COUNTER_TYPES else None

@@ -49,9 +49,9 @@ from typing import Any
 from pycrdt import Doc, get_update, merge_updates
 
 from materializer.errors import OpRejected
-from materializer.strategy import RowState, Strategy
+from materializer.strategy import OpLike, RowState, Strategy
 from oplog.crdt_helper import decode_update, encode_update, to_json
-from oplog.op import Op, OpKind
+from oplog.op import OpKind
 from oplog.schema import Column, ColumnType, TableSchema, normalize_value
 
 # The materializer never edits, so its own client id never reaches the state; fixed anyway.
@@ -80,7 +80,7 @@ def parse_update(data: Any) -> bytes:
         # Both paths must accept it: merging (for the canonical form) and applying.
         Doc(client_id=MATERIALIZER_CLIENT_ID).apply_update(raw)
         return merge_updates(raw)
-    except ValueError as e:
+    except (ValueError, RuntimeError) as e:  # pycrdt refuses some corrupt updates with RuntimeError
         raise OpRejected("bad_crdt_update", f"not a base64 Yjs v1 update: {e}") from None
 
 
@@ -176,15 +176,23 @@ class CrdtDocument(Strategy):
     name = "crdt"
     kinds = frozenset({OpKind.CRDT})
 
-    def apply(self, table: TableSchema, state: RowState, op: Op) -> RowState:
+    def apply(self, table: TableSchema, state: RowState, op: OpLike) -> RowState:
+        return self.apply_prepared(table, state, op, self.prepare(table, op))
+
+    def prepare(self, table: TableSchema, op: OpLike) -> tuple[Column, bytes]:
+        # Parsing and checking the update is the costly part that needs no state.
         self.check_kind(op)
-        column = document_column(table)
-        update = parse_update(op.data)
+        return document_column(table), parse_update(op.data)
+
+    def apply_prepared(
+        self, table: TableSchema, state: RowState, op: OpLike, prepared: tuple[Column, bytes]
+    ) -> RowState:
+        column, update = prepared
         try:
             stored = decode_update(state.meta["state"]) if "state" in state.meta else b""
             pending = [decode_update(p) for p in state.meta.get("pending", [])]
             doc, encoded, left = integrate(stored, [*pending, update])
-        except (ValueError, IndexError) as e:
+        except (ValueError, IndexError, RuntimeError) as e:
             # The stored state was written by this strategy; only the new update can be at fault.
             raise OpRejected("bad_crdt_update", f"the update does not merge with the row's state: {e}") from None
         meta: dict[str, Any] = {"state": encode_update(encoded)}

@@ -37,8 +37,8 @@ from typing import Any
 
 from materializer.errors import OpRejected
 from materializer.strategies.lww import stamp
-from materializer.strategy import RowState, Strategy, row_values
-from oplog.op import Op, OpKind
+from materializer.strategy import OpLike, RowState, Strategy, row_values
+from oplog.op import OpKind
 from oplog.schema import TableSchema
 
 Stamp = list[Any]
@@ -63,12 +63,20 @@ class FieldLastWriterWins(Strategy):
     name = "field-lww"
     kinds = frozenset({OpKind.PATCH, OpKind.UPSERT, OpKind.DELETE})
 
-    def apply(self, table: TableSchema, state: RowState, op: Op) -> RowState:
+    def apply(self, table: TableSchema, state: RowState, op: OpLike) -> RowState:
+        return self.apply_prepared(table, state, op, self.prepare(table, op))
+
+    def prepare(self, table: TableSchema, op: OpLike) -> tuple[dict[str, Any] | None, Stamp]:
         self.check_kind(op)
         require_nullable(table, self.name)
         # Validate before comparing stamps, so acceptance depends on the op alone.
         data = None if op.kind is OpKind.DELETE else row_values(table, op.data, partial=op.kind is OpKind.PATCH)
-        version = stamp(op)
+        return data, stamp(op)
+
+    def apply_prepared(
+        self, table: TableSchema, state: RowState, op: OpLike, prepared: tuple[dict[str, Any] | None, Stamp]
+    ) -> RowState:
+        data, version = prepared
         deleted: Stamp | None = state.meta.get("del")
         written: Stamp | None = state.meta.get("row")
         cols: dict[str, Stamp] = dict(state.meta.get("cols", {}))

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from materializer.strategy import RowState, Strategy, row_values
-from oplog.op import Op, OpKind
+from materializer.strategy import OpLike, RowState, Strategy, row_values
+from oplog.op import OpKind
 from oplog.schema import TableSchema
 
+_UPSERT, _DELETE = OpKind.UPSERT, OpKind.DELETE
 
-def stamp(op: Op) -> list[Any]:
+
+def stamp(op: OpLike) -> list[Any]:
     """The comparable, storable version of an op: ``[wall_ms, logical, node, id]``."""
-    return [op.hlc.wall_ms, op.hlc.logical, op.hlc.node, op.id]
+    return [op.wall_ms, op.logical, op.node, op.id]
 
 
-def newer(op: Op, stored: list[Any] | None) -> bool:
+def newer(op: OpLike, stored: list[Any] | None) -> bool:
     return stored is None or tuple(stamp(op)) > tuple(stored)
 
 
@@ -28,9 +30,30 @@ class LastWriterWins(Strategy):
     name = "lww"
     kinds = frozenset({OpKind.UPSERT, OpKind.DELETE})
 
-    def apply(self, table: TableSchema, state: RowState, op: Op) -> RowState:
-        self.check_kind(op)
-        values = row_values(table, op.data, partial=False) if op.kind is OpKind.UPSERT else None
-        if not newer(op, state.meta.get("v")):
-            return state
-        return RowState(values, {"v": stamp(op)})
+    def apply(self, table: TableSchema, state: RowState, op: OpLike) -> RowState:
+        return self.apply_prepared(table, state, op, self.prepare(table, op))
+
+    def prepare(self, table: TableSchema, op: OpLike) -> RowState:
+        # The checks of check_kind / row_values, in that order. What is prepared is the
+        # row the op leaves if it wins: then apply_prepared hands it over as it is.
+        kind = op.kind
+        if kind is _UPSERT:
+            values = row_values(table, op.data, partial=False)
+        elif kind is _DELETE:
+            values = None
+        else:
+            self.check_kind(op)  # raises, unless a subclass widened ``kinds``
+            values = None
+        return _tuple_new(RowState, (values, {"v": [op.wall_ms, op.logical, op.node, op.id]}))
+
+    def apply_prepared(self, table: TableSchema, state: RowState, op: OpLike, prepared: RowState) -> RowState:
+        stored = state.meta.get("v")
+        if stored is not None:
+            version = prepared.meta["v"]
+            # Stored stamps are lists (JSON arrays), compared like the tuples of ``newer``.
+            if not (version > stored if type(stored) is list else tuple(version) > tuple(stored)):
+                return state
+        return prepared
+
+
+_tuple_new = tuple.__new__  # a RowState per op: skip NamedTuple's Python-level __new__
