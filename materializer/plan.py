@@ -223,25 +223,11 @@ def apply_schema(tables: Mapping[str, TableSchema], body: Any) -> tuple[dict[str
     for proposed in message.tables:
         get_strategy(proposed.strategy)
         current = result.get(proposed.name)
-        after = evolve(_uncached(current), proposed)
+        after = evolve(current, proposed)
         if after != current:
             changes.append(TableChange(current, after))
             result[proposed.name] = after
     return result, changes
-
-
-def _uncached(table: TableSchema | None) -> TableSchema | None:
-    """``table`` without its cached column lookups.
-
-    ``evolve`` extends a table with ``model_copy``, which copies the instance dict and
-    so the ``cached_property`` values in it (``columns_by_name``, ``value_columns``):
-    the copy would keep the old columns' lookups. Tables are shared between epochs
-    (a backend may hand out the same object for an unchanged definition), so those
-    caches may be filled; the copy given to ``evolve`` must not have them.
-    """
-    if table is None:
-        return None
-    return TableSchema.model_construct(**{name: getattr(table, name) for name in TableSchema.model_fields})
 
 
 def plan_epoch(sealed: SealedEpoch, tables: Mapping[str, TableSchema], reader: Reader) -> EpochPlan:

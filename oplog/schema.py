@@ -151,7 +151,10 @@ def evolve(current: TableSchema | None, proposed: TableSchema) -> TableSchema:
             )
     # Keep the existing column order and append the new columns in declared order.
     added = tuple(c for c in proposed.columns if c.name not in old_names)
-    return current.model_copy(update={"columns": current.columns + added})
+    # A fresh instance, not model_copy: a copy would carry over the cached column lookups
+    # (columns_by_name, value_columns) of the old definition.
+    fields = {name: getattr(current, name) for name in TableSchema.model_fields}
+    return TableSchema(**{**fields, "columns": current.columns + added})
 
 
 def normalize_value(column: Column, value: Any) -> Any:
