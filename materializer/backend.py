@@ -4,7 +4,8 @@ A backend owns one Dolt database. Contract, for every implementation (checked by
 one contract suite in ``tests/test_backend_contract.py`` run against each):
 
 * ``commit_epoch(plan)`` writes everything in the plan and makes exactly ONE Dolt
-  commit with the plan's author, date and message, and tags it ``epoch-<k>``. It is
+  commit with the plan's author, date and message (whose first line ``epoch <k>``
+  names the epoch; Dolt sql-server also tags it ``epoch-<k>``, doltlite does not). It is
   all-or-nothing: after a crash the database is at the previous commit or at this
   one, never in between (the epochs row is inside the commit, so "applied" and
   "recorded as applied" cannot disagree).

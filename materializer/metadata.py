@@ -26,6 +26,11 @@ class CommitMeta:
         return f"{self.author_name} <{self.author_email}>"
 
 
+# The first line of every epoch commit's message is this plus the epoch: how a backend
+# without a tag per epoch (doltlite) finds an epoch's commit.
+EPOCH_MESSAGE_PREFIX = "epoch "
+
+
 def ops_digest(op_ids: list[str]) -> str:
     """SHA-256 over the applied op ids, in apply order, one per line."""
     h = hashlib.sha256()
@@ -49,7 +54,7 @@ def commit_meta(
 ) -> CommitMeta:
     span = f"{first_epoch}" if first_epoch == epoch else f"{first_epoch}-{epoch}"
     message = (
-        f"epoch {epoch}\n\n"
+        f"{EPOCH_MESSAGE_PREFIX}{epoch}\n\n"
         f"epochs: {span}\n"
         f"ops: {applied}\n"
         f"rejected: {rejected}\n"

@@ -229,7 +229,7 @@ def test_tables_are_created_and_gain_nullable_columns(peer: Callable[[str], Back
     assert backends.table_names(backend) == sorted([*internal, "users"])
 
 
-def test_every_epoch_commit_is_tagged_and_listed(peer: Callable[[str], Backend]) -> None:
+def test_every_epoch_commit_is_listed(peer: Callable[[str], Backend]) -> None:
     backend = peer("p")
     hashes = [backend.commit_epoch(p) for p in HISTORY]
     assert len(set(hashes)) == 3
@@ -308,10 +308,16 @@ def test_a_tag_lost_in_a_crash_is_restored_on_open(
 ) -> None:
     backend = peer("p")
     hashes = [backend.commit_epoch(p) for p in HISTORY]
-    # A crash between the commit and its tag: the commit is there, the tag is not.
-    drop = "SELECT dolt_tag('-d', ?)" if backends.kind == "doltlite" else "CALL DOLT_TAG('-d', ?)"
-    backends.query(backend, drop, ("epoch-2",))
-    assert [k for k, _ in backend.epoch_hashes()] == [0, 1]
+    tags = [name for (name,) in backends.query(backend, "SELECT tag_name FROM dolt_tags") if name.startswith("epoch-")]
+    if backends.kind == "doltlite":
+        # doltlite tags no epoch (decisions #28): the list comes from the commit messages,
+        # so there is no tag a crash could lose.
+        assert tags == []
+    else:
+        assert tags == ["epoch-0", "epoch-1", "epoch-2"]
+        # A crash between the commit and its tag: the commit is there, the tag is not.
+        backends.query(backend, "CALL DOLT_TAG('-d', ?)", ("epoch-2",))
+        assert [k for k, _ in backend.epoch_hashes()] == [0, 1]
     backend.close()
     assert opened("p").epoch_hashes() == list(enumerate(hashes))
 

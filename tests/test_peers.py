@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from materializer.backends.doltlite import child_env
+from materializer.backends.doltlite import DoltliteBackend, child_env
 from materializer.hashes import HashBoard
 from oplog.op import Op
 from oplog.topology import Topology
@@ -63,7 +63,8 @@ async def wait_logged(peer: PeerProcess, text: str, times: int, timeout: float =
 
 def history_of(peer: PeerProcess) -> tuple[list[tuple[str, str]], int, int]:
     """(epoch tag, hash) pairs, total applied, total rejected, read from the peer's own file."""
-    tags = read_db(peer.db_path, "SELECT tag_name, tag_hash FROM dolt_tags ORDER BY tag_name")
+    with DoltliteBackend(peer.db_path) as backend:
+        tags = [(f"epoch-{epoch}", h) for epoch, h in backend.epoch_hashes()]
     applied, rejected = read_db(peer.db_path, "SELECT SUM(applied), SUM(rejected) FROM oplog_epochs")[0]
     return tags, applied, rejected
 

@@ -6,8 +6,15 @@ re-execs the interpreter); the ``oplog`` entry point and the test suite import i
 first. Child processes must be started without ``_DOLTLITE_BOOTSTRAPPED`` in their
 environment (see :func:`child_env`).
 
-Writes happen in one SQLite transaction that also runs ``dolt_commit`` and
-``dolt_tag``, so a crash leaves the database at the previous commit or the new one.
+Writes happen in one SQLite transaction that also runs ``dolt_commit``, so a crash
+leaves the database at the previous commit or the new one.
+
+Epoch commits are not tagged here (decisions #28): doltlite keeps all tags in one
+blob rewritten on every tag, so a tag per epoch made each commit slower and the file
+larger as epochs accumulated (5 ms a commit at 3,000 tags; 10.8 MB after 400 epochs
+against 1.1 MB untagged). An epoch's commit is the one whose message's first line is
+``epoch <k>`` (:mod:`materializer.metadata`); :meth:`DoltliteBackend.epoch_hashes` and
+the read side find it through ``dolt_log``.
 """
 
 from __future__ import annotations
@@ -24,8 +31,9 @@ from typing import Any
 import doltlite  # noqa: F401  (must precede sqlite3)
 import orjson
 
-from materializer.backend import EPOCH_TAG_PREFIX, MAX_KEY_INTEGER, META_COLUMN, Backend, epoch_tag
+from materializer.backend import MAX_KEY_INTEGER, META_COLUMN, Backend
 from materializer.errors import BackendError, TransientBackendError
+from materializer.metadata import EPOCH_MESSAGE_PREFIX
 from materializer.plan import EpochPlan, EpochRow, Key, TableChange, key_text
 from materializer.strategy import RowState
 from oplog.codec import canonical_json
@@ -120,26 +128,6 @@ class DoltliteBackend(Backend):
             # epoch: two 100k-row commits left ~55 MB more resident with it, and no
             # measurable speed came with it. A cache setting: contents and hashes are unaffected.
             self._conn.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KIB}")
-        if self.is_initialized():
-            self._repair_tags()
-
-    def _repair_tags(self) -> None:
-        """Tag epoch commits whose tag a crash lost.
-
-        A SIGKILL between ``dolt_commit`` and ``dolt_tag`` has been seen to keep the
-        commit but not the tag (refs are not covered by the SQLite transaction in
-        doltlite 0.51), so tags are made good from the commit messages on open.
-        """
-        tags = {name for (name,) in self._query("SELECT tag_name FROM dolt_tags")}
-        # Only the newest commit can have lost its tag; look a little further anyway.
-        for commit_hash, message in self._query("SELECT commit_hash, message FROM dolt_log LIMIT 16"):
-            first = message.split("\n", 1)[0]
-            if not first.startswith("epoch "):
-                continue
-            tag = epoch_tag(int(first[6:]))
-            if tag in tags:
-                break
-            self._query("SELECT dolt_tag(?, ?)", (tag, commit_hash))
 
     def close(self) -> None:
         if self._conn is not None:
@@ -317,12 +305,11 @@ class DoltliteBackend(Backend):
         return str(self._query("SELECT dolt_hashof_table(?)", (table,))[0][0])
 
     def epoch_hashes(self, since_epoch: int | None = None) -> list[tuple[int, str]]:
-        rows = self._query("SELECT tag_name, tag_hash FROM dolt_tags")
-        pairs = [
-            (int(name[len(EPOCH_TAG_PREFIX) :]), str(tag_hash))
-            for name, tag_hash in rows
-            if name.startswith(EPOCH_TAG_PREFIX)
-        ]
+        pairs = []
+        for commit_hash, message in self._query("SELECT commit_hash, message FROM dolt_log"):
+            first = message.split("\n", 1)[0]
+            if first.startswith(EPOCH_MESSAGE_PREFIX):
+                pairs.append((int(first[len(EPOCH_MESSAGE_PREFIX) :]), str(commit_hash)))
         return sorted(p for p in pairs if since_epoch is None or p[0] >= since_epoch)
 
     # -- write ---------------------------------------------------------------------------
@@ -401,7 +388,6 @@ class DoltliteBackend(Backend):
                     "SELECT dolt_commit('-A', '--author', ?, '--date', ?, '-m', ?)",
                     (commit.author, commit.date, commit.message),
                 ).fetchone()
-                conn.execute("SELECT dolt_tag(?)", (epoch_tag(row.epoch),))
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
