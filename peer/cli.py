@@ -28,7 +28,7 @@ from oplog.producer import Producer, ProducerConfig
 from oplog.schema import SchemaMessage
 from oplog.topology import StreamLimits, Topology
 from peer.control import default_origin_ms, init_database, publish_schema, read_timeline
-from peer.service import PeerConfig, connect, run_peer
+from peer.service import GC_THRESHOLDS, PeerConfig, connect, run_peer
 
 EXIT_DIVERGED = 3
 DEFAULT_NATS = os.environ.get("OPLOG_NATS_URL", "nats://127.0.0.1:4222")
@@ -299,11 +299,6 @@ async def cmd_status(args: argparse.Namespace) -> int:
             print(f"peer {peer} reported its own divergence at epoch {record.get('epoch')} (not repaired)")
         print("all peers agree" if agree else "DIVERGENCE: peers disagree on at least one epoch")
     return 0 if agree else 1
-
-
-# A peer holds an epoch's ops (100k+ objects) while it plans; the default GC
-# thresholds rescan them thousands of times per epoch (measured: decode 2x slower).
-GC_THRESHOLDS = (50_000, 20, 100)
 
 
 def main(argv: list[str] | None = None) -> int:

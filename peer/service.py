@@ -28,6 +28,10 @@ from oplog.topology import StreamLimits, Topology
 from peer import metrics
 
 CONNECT_TIMEOUT_S = 5.0
+# A peer holds an epoch's ops (100k+ objects) while it plans; the default GC
+# thresholds rescan them thousands of times per epoch (measured: decode 2x slower).
+# Every process that runs a peer sets them: the CLI, and the benchmark that measures one.
+GC_THRESHOLDS = (50_000, 20, 100)
 
 
 class PeerConfig(BaseModel):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from peer.natsd import NatsServer
+from peer.service import GC_THRESHOLDS
 
 from .cherry import measure_cherry
 from .growth import measure_growth
@@ -100,6 +101,7 @@ def run_bench(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """``python -m peer.bench [options]``, or the RSS peer child (``_rss-peer …``)."""
     argv = sys.argv[1:] if argv is None else argv
+    gc.set_threshold(*GC_THRESHOLDS)  # as `oplog serve` runs a peer (and the RSS child)
     if argv[:1] == [RSS_PEER_COMMAND]:
         return rss_peer_main(argv[1:])
     parser = argparse.ArgumentParser(prog="oplog bench", description=DESCRIPTION)
