@@ -117,16 +117,7 @@ class Op(BaseModel):
         return (self.hlc.wall_ms, self.hlc.logical, self.hlc.node, self.id)
 
     def to_wire(self) -> dict[str, Any]:
-        wire: dict[str, Any] = {
-            "id": self.id,
-            "hlc": self.hlc.to_wire(),
-            "table": self.table,
-            "key": list(self.key),
-            "kind": self.kind.value,
-        }
-        if self.data is not None:
-            wire["data"] = self.data
-        return wire
+        return wire_dict(self.id, self.hlc.to_wire(), self.table, self.key, self.kind, self.data)
 
 
 class OpRecord(NamedTuple):
@@ -164,16 +155,7 @@ class OpRecord(NamedTuple):
 
     def to_wire(self) -> dict[str, Any]:
         """The same dict as :meth:`Op.to_wire` of the equal :class:`Op`."""
-        wire: dict[str, Any] = {
-            "id": self.id,
-            "hlc": [self.wall_ms, self.logical, self.node],
-            "table": self.table,
-            "key": list(self.key),
-            "kind": self.kind.value,
-        }
-        if self.data is not None:
-            wire["data"] = self.data
-        return wire
+        return wire_dict(self.id, [self.wall_ms, self.logical, self.node], self.table, self.key, self.kind, self.data)
 
     def to_op(self) -> Op:
         """The pydantic :class:`Op` with the same content."""
@@ -289,3 +271,11 @@ def fast_record(raw: Any, digest: str) -> OpRecord | None:
 
 
 _tuple_new = tuple.__new__  # skips NamedTuple's Python-level __new__ (one record per op)
+
+
+def wire_dict(op_id: str, hlc: list[Any], table: str, key: tuple[Any, ...], kind: OpKind, data: Any) -> dict[str, Any]:
+    """An op's wire form (``data`` left out when None): what its digest and size are taken of."""
+    wire: dict[str, Any] = {"id": op_id, "hlc": hlc, "table": table, "key": list(key), "kind": kind.value}
+    if data is not None:
+        wire["data"] = data
+    return wire

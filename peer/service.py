@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Literal
 
@@ -85,6 +86,16 @@ async def connect(url: str, *, name: str) -> Client:
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.2,
     )
+
+
+@contextlib.asynccontextmanager
+async def connected(url: str, *, name: str = "oplog") -> AsyncIterator[Client]:
+    """:func:`connect`, closed on the way out."""
+    nc = await connect(url, name=name)
+    try:
+        yield nc
+    finally:
+        await nc.close()
 
 
 async def run_peer(

@@ -11,19 +11,16 @@ again, as after a restart — and reads it with plain SQL in its own dialect.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import nats
 import orjson
-from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from epoch.config import DatabaseConfig
@@ -39,6 +36,7 @@ from oplog.stream import publish_json
 from oplog.topology import Topology
 from peer.control import init_database, publish_schema
 from peer.demo import USERS
+from peer.service import connected as connected  # re-exported for the tests and measurements
 
 ORIGIN_MS = 1_700_000_000_000
 EPOCH_MS = 1000
@@ -54,15 +52,6 @@ def config(db: str = "t", **overrides: Any) -> DatabaseConfig:
 def wall(epoch: int, offset_ms: int = 0) -> int:
     """A wall time inside ``epoch`` of :func:`config`'s timeline."""
     return ORIGIN_MS + epoch * EPOCH_MS + offset_ms
-
-
-@contextlib.asynccontextmanager
-async def connected(url: str) -> AsyncIterator[Client]:
-    nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
-    try:
-        yield nc
-    finally:
-        await nc.close()
 
 
 async def setup_db(

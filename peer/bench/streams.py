@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
-from collections.abc import AsyncIterator
 from typing import Any
 
-import nats
-from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from oplog.codec import canonical_bytes
@@ -17,15 +13,7 @@ from oplog.stream import publish_json
 from oplog.topology import Topology
 from peer.control import init_database, publish_schema
 from peer.demo import TABLE, USERS, demo_config, wire_upsert
-
-
-@contextlib.asynccontextmanager
-async def connected(url: str) -> AsyncIterator[Client]:
-    nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
-    try:
-        yield nc
-    finally:
-        await nc.close()
+from peer.service import connected as connected  # re-exported for the tests and measurements
 
 
 def payload_of(wires: list[dict[str, Any]]) -> bytes:
