@@ -4,55 +4,71 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError, ServiceUnavailableError
+from nats.js.errors import BucketNotFoundError, NotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from materializer.errors import BucketNotReady
 
 READY_TIMEOUT_S = 30.0
+T = TypeVar("T")
 
 
 async def key_value(js: JetStreamContext, bucket: str, *, replicas: int = 1) -> KeyValue:
     """Open ``bucket``, creating it if missing (creation is idempotent on the server)."""
-    try:
-        kv = await js.key_value(bucket)
-    except BucketNotFoundError:
-        kv = await js.create_key_value(bucket=bucket, history=1, replicas=replicas)
-    await wait_ready(js, f"KV_{bucket}")  # found or created: another client may have just created it
-    return kv
+    return await _open(
+        f"KV_{bucket}",
+        lambda: js.key_value(bucket),
+        lambda: js.create_key_value(bucket=bucket, history=1, replicas=replicas),
+        js,
+    )
 
 
 async def object_store(js: JetStreamContext, bucket: str, *, replicas: int = 1) -> ObjectStore:
-    try:
-        store = await js.object_store(bucket)
-    except BucketNotFoundError:
-        store = await js.create_object_store(bucket=bucket, replicas=replicas)
-    await wait_ready(js, f"OBJ_{bucket}")
-    return store
+    """Open ``bucket``, creating it if missing."""
+    return await _open(
+        f"OBJ_{bucket}",
+        lambda: js.object_store(bucket),
+        lambda: js.create_object_store(bucket=bucket, replicas=replicas),
+        js,
+    )
 
 
-async def wait_ready(js: JetStreamContext, stream: str, timeout_s: float = READY_TIMEOUT_S) -> None:
-    """Wait until a just-created stream has a leader.
+# What a JetStream cluster answers (or fails to) while it elects a leader for a stream,
+# or for its meta layer, that a new bucket needs: worth retrying until a deadline. A
+# stream just created can also still be unknown to the node asked (404, "stream not found").
+CLUSTER_SETTLING = (NatsTimeoutError, ServiceUnavailableError, NoRespondersError, NotFoundError)
+
+
+async def _open(stream: str, find: Callable[[], Awaitable[T]], create: Callable[[], Awaitable[T]], js: JetStreamContext,
+                timeout_s: float = READY_TIMEOUT_S) -> T:  # fmt: skip
+    """Find or create a bucket, then wait until its stream has a leader.
 
     Creating a replicated stream returns before its replicas elected a leader; until
-    then reads of it get no answer and time out. Clients that create the same bucket
-    at once (peers starting together on a fresh cluster) all meet this.
+    then requests about it get no answer and time out. Clients that create the same
+    bucket at once (peers starting together on a fresh cluster) all meet this, on the
+    lookup, the creation or the first read.
     """
     deadline = time.monotonic() + timeout_s
     while True:
         try:
+            try:
+                bucket = await find()
+            except BucketNotFoundError:
+                bucket = await create()
             info = await js.stream_info(stream)
             if info.cluster is None or info.cluster.leader:
-                return
-        except (NatsTimeoutError, ServiceUnavailableError, NoRespondersError):
+                return bucket
+        except CLUSTER_SETTLING:
             pass
         if time.monotonic() > deadline:
-            raise BucketNotReady(f"stream {stream} has no leader {timeout_s:.0f} s after it was created; "
+            raise BucketNotReady(f"stream {stream} has no leader after {timeout_s:.0f} s; "
                                  "check that a majority of the JetStream cluster's nodes is up")  # fmt: skip
         await asyncio.sleep(0.1)
 

@@ -162,6 +162,8 @@ def build_report(peers: list[tuple[str, Path]]) -> dict[str, Any]:
     for name, path in peers:
         backend = DoltliteBackend(path)
         with backend:
+            if not backend.is_initialized():  # the peer died before it had a genesis
+                continue
             for epoch, commit_hash in backend.epoch_hashes():
                 hashes.setdefault(epoch, {})[name] = commit_hash
             for epoch, applied in backend.conn.execute("SELECT epoch, applied FROM oplog_epochs"):

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from epoch.sealer import Sealer
 from materializer.agreement import Verdict
 from materializer.backend import Backend
+from materializer.buckets import CLUSTER_SETTLING
 from materializer.divergence import DivergenceWatch, Repairer
 from materializer.hashes import HashBoard
 from materializer.materializer import Materializer
@@ -88,6 +90,29 @@ async def connect(url: str, *, name: str) -> Client:
     )
 
 
+START_TIMEOUT_S = 60.0
+
+
+async def _settled(step: Callable[[], Awaitable[None]], what: str, log: logging.Logger) -> None:
+    """Run a start-up ``step``, riding out a JetStream cluster that is still settling.
+
+    Peers starting together on a fresh cluster create its stream and buckets at once;
+    until those have leaders known to every node, requests time out or find nothing.
+    Each start-up step is idempotent (ensure the stream; open, genesis or snapshot,
+    position), so it is simply tried again, up to a deadline.
+    """
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        try:
+            await step()
+            return
+        except CLUSTER_SETTLING as e:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("%s: the JetStream cluster is not ready (%s); trying again", what, type(e).__name__)
+            await asyncio.sleep(0.5)
+
+
 @contextlib.asynccontextmanager
 async def connected(url: str, *, name: str = "oplog") -> AsyncIterator[Client]:
     """:func:`connect`, closed on the way out."""
@@ -116,7 +141,7 @@ async def run_peer(
         nc = await connect(config.nats_url, name=f"oplog-peer-{config.name}")
         stack.push_async_callback(nc.close)
         js = nc.jetstream()
-        await ensure_stream(js, topology)
+        await _settled(lambda: ensure_stream(js, topology), "stream", log)
         board = HashBoard(js, topology)
         watch = DivergenceWatch(board, config.name, expected_peers=config.expected_peers, logger=log)
         metrics_path = config.data_dir / metrics.METRICS_FILE
@@ -143,7 +168,7 @@ async def run_peer(
             logger=log,
         )
         stack.push_async_callback(materializer.close)
-        await materializer.start()
+        await _settled(materializer.start, "start-up", log)
         repairer = Repairer(materializer.snapshots, board, config.name, repair=config.repair)
         next_check = 0.0
 
