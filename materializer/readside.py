@@ -33,6 +33,7 @@ import pymysql
 from materializer.backend import Backend, epoch_tag
 from materializer.backends.dolt_server_sql import map_error
 from materializer.errors import BackendError, MaterializerError, TransientBackendError
+from materializer.metadata import EPOCH_MESSAGE_PREFIX
 from materializer.plan import EpochRow
 from oplog.op import TABLE_NAME
 from oplog.schema import TableSchema
@@ -198,7 +199,9 @@ def at_epoch_sql(dialect: Dialect, table: str, epoch: int) -> str:
 
 # doltlite keeps no tag per epoch (decisions #28): the epoch's commit is the one whose
 # message's first line names it (materializer.metadata).
-EPOCH_COMMIT_SQL = "SELECT commit_hash FROM dolt_log WHERE message LIKE 'epoch {epoch}' || char(10) || '%'"
+EPOCH_COMMIT_SQL = (
+    f"SELECT commit_hash FROM dolt_log WHERE message LIKE '{EPOCH_MESSAGE_PREFIX}{{epoch}}' || char(10) || '%'"
+)
 
 
 def _epoch_ref(reader: _Reader, epoch: int) -> str:

@@ -63,12 +63,17 @@ class SnapshotStore:
         self._js = js
         self.topology = topology
         self._log = logger or logging.getLogger(__name__)
+        self._opened = None
 
     async def _buckets(self):  # type: ignore[no-untyped-def]
-        replicas = self.topology.limits.replicas
-        kv = await key_value(self._js, self.topology.snapshots_bucket, replicas=replicas)
-        store = await object_store(self._js, self.topology.snapshots_bucket, replicas=replicas)
-        return kv, store
+        # Opened once: opening looks the buckets up (and waits for their leaders), which a
+        # peer would otherwise repeat on every snapshot offer and every bootstrap check.
+        if self._opened is None:
+            replicas = self.topology.limits.replicas
+            kv = await key_value(self._js, self.topology.snapshots_bucket, replicas=replicas)
+            store = await object_store(self._js, self.topology.snapshots_bucket, replicas=replicas)
+            self._opened = (kv, store)
+        return self._opened
 
     async def latest(self) -> SnapshotInfo | None:
         kv, _ = await self._buckets()
