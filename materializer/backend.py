@@ -32,6 +32,7 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 from materializer.errors import BackendError, OpRejected
+from materializer.faults import FaultPoints, NoFaults
 from materializer.plan import EpochPlan, EpochRow, Key
 from materializer.strategy import RowState
 from oplog.schema import TableSchema
@@ -49,6 +50,8 @@ class Backend(ABC):
     """One peer's Dolt database."""
 
     name: str
+    # Named points in the commit path where a crash test may hold this peer (materializer.faults).
+    faults: FaultPoints = NoFaults()
 
     @abstractmethod
     def open(self) -> None:

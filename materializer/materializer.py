@@ -21,6 +21,7 @@ from epoch.assign import NO_EPOCH, Assigner, SealedEpoch
 from epoch.config import Timeline
 from materializer.backend import Backend
 from materializer.errors import GenesisError, StreamGap
+from materializer.faults import FaultPoints
 from materializer.genesis import ensure_genesis
 from materializer.plan import plan_epoch, prepare_op
 from materializer.readahead import ReadAhead
@@ -56,6 +57,7 @@ class Materializer:
         read_batch: int = 2000,
         snapshots: SnapshotPolicy | None = None,
         logger: logging.Logger | None = None,
+        faults: FaultPoints | None = None,
     ) -> None:
         self._js = js
         self.topology = topology
@@ -71,6 +73,8 @@ class Materializer:
         self._reader: StreamReader | None = None
         self._tables: dict[str, TableSchema] = {}  # as of the last commit: what ops are prepared against
         self._read_ahead = ReadAhead(backend)
+        if faults is not None:
+            backend.faults = faults
 
     async def start(self) -> None:
         """Open the database (bootstrapping it if new) and position the reader."""
@@ -218,4 +222,5 @@ class Materializer:
 
     def _plan_and_commit(self, sealed: SealedEpoch):  # type: ignore[no-untyped-def]
         plan = plan_epoch(sealed, self.backend.tables(), self._read_ahead.reader())
+        self.backend.faults.reach("commit.before-write", sealed.epoch)
         return self.backend.commit_epoch(plan), plan

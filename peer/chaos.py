@@ -47,6 +47,7 @@ import orjson
 from nats.aio.client import Client
 
 from epoch.config import LatePolicy
+from materializer.faults import FaultDir
 from materializer.snapshots import SnapshotStore
 from oplog.hlc import system_clock_ms
 from oplog.producer import ProducerConfig
@@ -109,32 +110,30 @@ class SealWatch:
         return self.epoch
 
 
-def worker_thread_running(peer: PeerProcess) -> bool:
-    """Whether a thread other than the peer's main one is on a CPU or in disk wait: the
-    materializer plans and commits in a worker thread, and nothing else in a peer does
-    sustained work off the event loop. (Linux /proc; False where it cannot tell.)"""
-    if peer.proc is None:
-        return False
-    pid = peer.proc.pid
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            if int(tid) == pid:
-                continue
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-            if state in ("R", "D"):
-                return True
-    except (OSError, ValueError, IndexError):
-        return False
-    return False
+HELD_POINTS = ("commit.before-dolt-commit", "commit.before-write")
+
+
+async def held(faults: FaultDir, point: str, timeout: float) -> int:
+    """Wait until the peer owning ``faults`` is held at ``point``; the epoch it holds."""
+    deadline = time.monotonic() + timeout
+    while (epoch := faults.held_at(point)) is None:
+        if time.monotonic() > deadline:
+            raise ChaosError(f"no peer reached {point} within {timeout:.0f} s")
+        await asyncio.sleep(0.01)
+    return epoch
 
 
 async def peer_kills(root: Path, rng: random.Random, facts: dict[str, Any]) -> Outcome:
-    """SIGKILL peers at random moments after a seal is published (while they read, plan or
-    commit an epoch of ~2,000 ops), restart them, and require exact results."""
+    """SIGKILL peers while they commit an epoch of ~2,000 ops and at random moments
+    after a seal, restart them, and require exact results.
+
+    Every other kill is aimed, not timed: the victim is held at a named point of its
+    commit (materializer.faults) and killed there, so a kill inside a commit happens on
+    every run, however fast the machine commits. The rest fall anywhere in the epoch."""
     kills = 10
     async with Deployment(root, db_config(epoch_ms=1000, grace_ms=200)) as dep:
-        peers = [dep.add_peer(f"p{i}") for i in (1, 2, 3)]
+        peers = [dep.add_peer(f"p{i}", ["--fault-dir", str(root / f"p{i}" / "faults")]) for i in (1, 2, 3)]
+        faults = {p.name: FaultDir(root / p.name / "faults") for p in peers}
         await dep.start_peers(peers)
         seals = SealWatch()
         await seals.start(dep.nc, dep.topology)
@@ -146,30 +145,35 @@ async def peer_kills(root: Path, rng: random.Random, facts: dict[str, Any]) -> O
         try:
             async with loading(load, {"w1": 1000.0, "w2": 1000.0}):
                 for i in range(kills):
-                    # The victim committed the previous epoch, so it is up and about to
-                    # read, plan and commit this one (tens of ms for ~2,000 ops), not still
-                    # starting. Every other kill aims at that commit; the rest fall anywhere
-                    # in the epoch.
                     sealed = await seals.next(10.0)
                     progress = await dep.progress()
                     warm = [p for p in peers if progress.get(p.name, -(2**62)) >= sealed - 1]
                     victim = rng.choice(warm or peers)
-                    delay = rng.uniform(0.0, 0.06) if i % 2 == 0 else rng.uniform(0.0, 0.9)
-                    await asyncio.sleep(delay)
+                    point = HELD_POINTS[(i // 2) % 2] if i % 2 == 0 else None
+                    if point is not None:
+                        faults[victim.name].arm(point)
+                        holding = await held(faults[victim.name], point, 20.0)
+                        delay = None
+                    else:
+                        delay = rng.uniform(0.0, 0.9)
+                        await asyncio.sleep(delay)
                     dep.check_alive()
                     latest = seals.epoch
-                    busy = worker_thread_running(victim)
                     victim.kill()
+                    if point is not None:
+                        faults[victim.name].release(point)
                     committed = await asyncio.to_thread(last_committed_epoch, victim.db_path)
                     records.append(
                         {
                             "peer": victim.name,
-                            "ms_after_seal": round(delay * 1000),
+                            "point": point,
+                            "ms_after_seal": None if delay is None else round(delay * 1000),
                             "sealed": latest,
                             "committed": committed,
                             # A seal it had not committed yet: it was reading, planning or committing.
                             "mid_epoch": committed is None or committed < latest,
-                            "worker_thread_running": busy,
+                            # Held inside the commit of an epoch, which must not have landed.
+                            "in_commit": point is not None and (committed is None or committed < holding),
                         }
                     )
                     await asyncio.sleep(rng.uniform(0.0, 0.5))
@@ -179,11 +183,12 @@ async def peer_kills(root: Path, rng: random.Random, facts: dict[str, Any]) -> O
         finally:
             await load.abort()
     facts["mid_epoch_kills"] = sum(1 for r in records if r["mid_epoch"])
-    facts["mid_commit_kills"] = sum(1 for r in records if r["mid_epoch"] and r["worker_thread_running"])
+    facts["mid_commit_kills"] = sum(1 for r in records if r["in_commit"])
     facts["restarts_resumed"] = sum(p.log_path.read_text(errors="replace").count("resuming after epoch") for p in peers)
     failures = []
-    if facts["mid_commit_kills"] == 0:
-        failures.append("no kill landed while the victim was planning or committing a sealed epoch")
+    aimed = sum(1 for r in records if r["point"] is not None)
+    if facts["mid_commit_kills"] != aimed:
+        failures.append(f"{aimed - facts['mid_commit_kills']} of {aimed} aimed kills found their epoch committed")
     return Outcome(load.acked, dep.ledgers(), Expectation(min_epochs=5), facts, failures)
 
 
@@ -459,7 +464,7 @@ SCENARIOS: dict[str, Spec] = {
             "peer-kills",
             peer_kills,
             150.0,
-            "10x SIGKILL of a random busy peer 0-60 ms (5x) or 0-900 ms (5x) after a seal is published (epochs of ~2,000 ops), restarted 0-500 ms later",
+            "10x SIGKILL of a peer: 5x held inside its commit of an epoch of ~2,000 ops (at a named fault point), 5x 0-900 ms after a seal is published; restarted 0-500 ms later",
         ),
         Spec(
             "nats-node-kill",

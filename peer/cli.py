@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="on divergence, reinstall the newest snapshot a majority confirmed (default: stop with exit 3)",
     )
     p.add_argument("--check-interval", type=float, default=1.0, help="seconds between hash comparisons")
+    # Crash tests hold a peer at named commit points through files here (materializer/faults.py).
+    p.add_argument("--fault-dir", type=Path, help=argparse.SUPPRESS)
 
     p = sub.add_parser("verify", help="recompute epochs from the stream in a scratch database and compare hashes")
     _common(p)
@@ -157,6 +159,7 @@ async def cmd_serve(args: argparse.Namespace) -> int:
         expected_peers=args.expected_peers,
         repair=args.repair,
         check_interval_s=args.check_interval,
+        fault_dir=args.fault_dir,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

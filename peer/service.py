@@ -23,6 +23,7 @@ from materializer.agreement import Verdict
 from materializer.backend import Backend
 from materializer.buckets import CLUSTER_SETTLING
 from materializer.divergence import DivergenceWatch, Repairer
+from materializer.faults import FaultDir
 from materializer.hashes import HashBoard
 from materializer.materializer import Materializer
 from materializer.snapshots import SnapshotPolicy
@@ -61,6 +62,8 @@ class PeerConfig(BaseModel):
     repair: bool = False
     # Snapshots for joining peers and for repair; None: this peer offers none.
     snapshots: SnapshotPolicy | None = None
+    # Crash tests only: a directory whose files hold this peer at named commit points.
+    fault_dir: Path | None = None
 
     @property
     def topology(self) -> Topology:
@@ -166,6 +169,7 @@ async def run_peer(
             on_commit=on_commit,
             snapshots=config.snapshots,
             logger=log,
+            faults=FaultDir(config.fault_dir) if config.fault_dir is not None else None,
         )
         stack.push_async_callback(materializer.close)
         await _settled(materializer.start, "start-up", log)

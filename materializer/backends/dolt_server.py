@@ -432,6 +432,7 @@ class DoltServerBackend(Backend):
                 [row.epoch, row.first_epoch, row.seal_seq, row.resume_seq, row.end_ms, row.applied, row.rejected,
                  row.duplicates, row.late, row.digest],
             )  # fmt: skip
+            self.faults.reach("commit.before-dolt-commit", row.epoch)
             commit = plan.commit
             (commit_hash,) = self._execute(
                 "CALL DOLT_COMMIT('-A', '--author', %s, '--date', %s, '-m', %s)",

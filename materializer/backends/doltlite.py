@@ -383,6 +383,7 @@ class DoltliteBackend(Backend):
                         row.digest,
                     ),
                 )
+                self.faults.reach("commit.before-dolt-commit", row.epoch)
                 commit = plan.commit
                 (commit_hash,) = conn.execute(
                     "SELECT dolt_commit('-A', '--author', ?, '--date', ?, '-m', ?)",
