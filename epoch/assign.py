@@ -8,7 +8,16 @@ the same ones (contract item 5):
 * An op whose epoch (the window holding its HLC wall time) is already sealed is
   *late*: carried into the next commit (default) or rejected, by config.
 * An op more than ``max_future_epochs`` past the last sealed epoch is rejected.
-* A message that is not a batch, or an op that does not validate, is rejected.
+* A message that is not a batch, or an op that does not validate, is rejected; so is
+  an op whose table is not the one its subject names (subject permissions bind
+  producers to tables), and a batch of more than :data:`MAX_OPS_PER_MESSAGE` ops.
+* A seal beyond :func:`~epoch.config.seal_ceiling` (``max_future_epochs`` past the
+  last sealed epoch, or past the origin's epoch before the first seal), or whose
+  epoch ends outside the years 1970-9999, is rejected: a forged seal can neither
+  stall sealing nor overflow a commit date.
+* Totality: whatever a message holds, it is taken or recorded as rejected. An
+  unexpected error while taking one message rejects it with the error's class as
+  its detail (never its text, which could differ between peers).
 * Rejections, schema messages and late ops are attached to the first commit sealed
   after their stream position.
 * The *first* ``seal k`` in stream order with ``k`` above the last sealed epoch
@@ -30,7 +39,7 @@ from typing import Any, NamedTuple
 import orjson
 from pydantic import ValidationError
 
-from epoch.config import ConfigChange, DatabaseConfig, LatePolicy, Timeline, check_change
+from epoch.config import ConfigChange, DatabaseConfig, LatePolicy, Timeline, check_change, seal_ceiling
 from epoch.errors import ConfigRejected
 from oplog.codec import canonical_json, decode_batch, decode_json, decode_record, raw_op_id
 from oplog.errors import CodecError
@@ -38,6 +47,11 @@ from oplog.op import Op, OpRecord
 
 NO_EPOCH = -(2**62)
 MAX_RECORDED_PAYLOAD = 65_536
+# Ops in one batch message. Producers cut batches at ProducerConfig.max_batch_ops (1,000
+# by default, at most this); a message of more is rejected whole, as one rejection row.
+MAX_OPS_PER_MESSAGE = 10_000
+# Commit dates: Dolt and Python both take years 1970 (epoch commits) to 9999.
+MAX_COMMIT_MS = 253_402_300_799_999
 
 
 class Reason:
@@ -51,6 +65,9 @@ class Reason:
     NO_CONFIG = "no_config"
     BAD_CONFIG = "bad_config"
     UNKNOWN_SUBJECT = "unknown_subject"
+    WRONG_SUBJECT = "wrong_subject"
+    BAD_SEAL = "bad_seal"
+    UNEXPECTED = "unexpected_error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +77,9 @@ class StreamMessage:
     seq: int
     kind: str  # ops | seal | config | schema | unknown (see oplog.topology)
     payload: bytes
+    # The table an ops subject names; every op of the message must name it. None: not
+    # bound (hand-built messages in tests; the stream reader always sets it).
+    table: str | None = None
 
 
 class Accepted(NamedTuple):
@@ -169,7 +189,21 @@ class Assigner:
         return min(buffered) if buffered else None
 
     def feed(self, message: StreamMessage) -> SealedEpoch | None:
-        """Take the next stream message; return the commit it seals, if any."""
+        """Take the next stream message; return the commit it seals, if any.
+
+        Total: never raises for anything a message holds (see the module docstring)."""
+        try:
+            return self._feed(message)
+        except MemoryError:
+            raise  # about this peer, not the message: another peer may not run out
+        except Exception as e:
+            # A bug met by this message alone. Ops already taken from it stay taken;
+            # the message is recorded once more, as a whole, naming the error's class.
+            detail = f"{type(e).__name__} while taking this {message.kind} message"
+            self._reject(message.seq, -1, None, Reason.UNEXPECTED, detail, message.payload)
+            return None
+
+    def _feed(self, message: StreamMessage) -> SealedEpoch | None:
         if message.kind == "ops":
             self._take_ops(message)
         elif message.kind == "seal":
@@ -206,6 +240,10 @@ class Assigner:
         except CodecError as e:
             self._reject(seq, -1, None, Reason.MALFORMED, str(e), message.payload)
             return
+        if len(raws) > MAX_OPS_PER_MESSAGE:
+            detail = f"a batch of {len(raws)} ops; at most {MAX_OPS_PER_MESSAGE} per message"
+            self._reject(seq, -1, None, Reason.OVERSIZE, detail, message.payload)
+            return
         config, timeline = self.config, self.timeline
         if config is None or timeline is None:
             for index, raw in enumerate(raws):
@@ -224,6 +262,7 @@ class Assigner:
         seg_first, seg_start, seg_ms = newest.first_epoch, newest.start_ms, newest.epoch_ms
         pending, carried = self._pending.append, self._carried.append
         prepare = self.prepare
+        subject_table = message.table
         for index, raw in enumerate(raws):
             try:
                 # Canonical bytes: the size the limit applies to, and (decode_record) the
@@ -241,6 +280,10 @@ class Assigner:
                 op = decode_record(raw, wire)
             except CodecError as e:
                 self._reject(seq, index, raw_op_id(raw), Reason.INVALID_OP, str(e), raw)
+                continue
+            if subject_table is not None and op.table != subject_table:
+                detail = f"op names table {op.table!r} but was published on the subject of {subject_table!r}"
+                self._reject(seq, index, op.id, Reason.WRONG_SUBJECT, detail, raw)
                 continue
             wall = op.wall_ms
             epoch = seg_first + (wall - seg_start) // seg_ms if wall >= seg_start else timeline.epoch_of(wall)
@@ -270,7 +313,7 @@ class Assigner:
                 pending(_tuple_new(Accepted, (seq, index, op, epoch, False, prepare and prepare(op))))
 
     def _reject(self, seq: int, index: int, op_id: str | None, reason: str, detail: str, payload: Any = None) -> None:
-        self._rejected.append(Rejected(seq, index, op_id, reason, detail, _recordable(payload)))
+        self._rejected.append(Rejected(seq, index, op_id, reason, detail, recordable(payload)))
 
     # -- config ----------------------------------------------------------------------
 
@@ -318,6 +361,15 @@ class Assigner:
             return None
         if self.config is None or self.timeline is None or epoch <= self.last_sealed:
             return None  # nothing to seal yet, or a later copy of a seal already applied
+        ceiling = seal_ceiling(self.config, self.timeline, self.last_sealed if self.last_sealed != NO_EPOCH else None)
+        if epoch > ceiling or not 0 <= self.timeline.end_ms(epoch) <= MAX_COMMIT_MS:
+            why = (
+                f"seal {epoch} is beyond epoch {ceiling} (max_future_epochs past the last sealed epoch)"
+                if epoch > ceiling
+                else f"epoch {epoch} ends outside the years 1970-9999"
+            )
+            self._reject(message.seq, -1, None, Reason.BAD_SEAL, why, message.payload)
+            return None
         first = self.timeline.epoch_of(self.config.origin_ms) if self.last_sealed == NO_EPOCH else self.last_sealed + 1
         first = min(first, epoch)
         taken = [a for a in self._pending if a.epoch <= epoch]
@@ -343,8 +395,11 @@ class Assigner:
 _tuple_new = tuple.__new__  # builds an Accepted without NamedTuple's Python-level __new__
 
 
-def _recordable(payload: Any) -> str:
-    """What a rejection row keeps of the rejected input (it is also in the stream)."""
+def recordable(payload: Any) -> str:
+    """What a rejection row keeps of the rejected input (it is also in the stream).
+
+    Total: a value canonical JSON cannot render (nested past orjson's limit, say) is
+    kept as its type's name, the same on every peer."""
     if payload is None:
         return ""
     if isinstance(payload, bytes):
@@ -352,4 +407,4 @@ def _recordable(payload: Any) -> str:
     try:
         return canonical_json(payload)[:MAX_RECORDED_PAYLOAD]
     except CodecError:
-        return repr(payload)[:MAX_RECORDED_PAYLOAD]
+        return f"<{type(payload).__name__} that canonical JSON cannot render>"

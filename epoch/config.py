@@ -23,6 +23,18 @@ DEFAULT_GRACE_MS = 500
 DEFAULT_MAX_FUTURE_EPOCHS = 600
 DEFAULT_DEDUP_EPOCHS = 3600
 
+# Documented ranges (docs/decisions.md): a config outside them is rejected and recorded
+# like any bad message, so a typo or a forged message cannot make epochs that never end
+# or commit dates past the year 9999.
+MIN_EPOCH_MS, MAX_EPOCH_MS = 10, 86_400_000  # 10 ms to one day
+MAX_GRACE_MS = 3_600_000  # one hour
+MAX_MAX_FUTURE_EPOCHS = 1_000_000
+MAX_DEDUP_EPOCHS = 100_000_000
+MAX_OP_BYTES = 1024 * 1024  # the stream's own message limit
+MAX_ORIGIN_MS = 253_402_300_799_999 // 2  # year ~5000: room for every epoch after it
+# How far past the earliest allowed epoch a change may be scheduled.
+MAX_CHANGE_LEAD_EPOCHS = 1_000_000
+
 
 class LatePolicy(StrEnum):
     """What to do with an op whose epoch was already sealed when it reached the stream."""
@@ -42,15 +54,16 @@ class DatabaseConfig(BaseModel):
 
     type: Literal["init"] = "init"
     db: str
-    origin_ms: int = Field(ge=0)
-    epoch_ms: int = Field(DEFAULT_EPOCH_MS, ge=10)
-    grace_ms: int = Field(DEFAULT_GRACE_MS, ge=0)
+    origin_ms: int = Field(ge=0, le=MAX_ORIGIN_MS)
+    epoch_ms: int = Field(DEFAULT_EPOCH_MS, ge=MIN_EPOCH_MS, le=MAX_EPOCH_MS)
+    grace_ms: int = Field(DEFAULT_GRACE_MS, ge=0, le=MAX_GRACE_MS)
     late_policy: LatePolicy = LatePolicy.CARRY
-    max_future_epochs: int = Field(DEFAULT_MAX_FUTURE_EPOCHS, ge=1)
-    dedup_epochs: int = Field(DEFAULT_DEDUP_EPOCHS, ge=1)
-    max_op_bytes: int = Field(DEFAULT_MAX_OP_BYTES, gt=0)
-    author_name: str = Field("oplog", min_length=1)
-    author_email: str = Field("oplog@localhost", min_length=3)
+    max_future_epochs: int = Field(DEFAULT_MAX_FUTURE_EPOCHS, ge=1, le=MAX_MAX_FUTURE_EPOCHS)
+    dedup_epochs: int = Field(DEFAULT_DEDUP_EPOCHS, ge=1, le=MAX_DEDUP_EPOCHS)
+    max_op_bytes: int = Field(DEFAULT_MAX_OP_BYTES, gt=0, le=MAX_OP_BYTES)
+    # The commit author is "name <email>": angle brackets or line breaks would break it.
+    author_name: str = Field("oplog", min_length=1, max_length=200, pattern=r"^[^<>\x00-\x1f\x7f]+$")
+    author_email: str = Field("oplog@localhost", min_length=3, max_length=200, pattern=r"^[^<>\s]+$")
 
 
 class ConfigChange(BaseModel):
@@ -60,8 +73,8 @@ class ConfigChange(BaseModel):
 
     type: Literal["change"] = "change"
     effective_epoch: int
-    epoch_ms: int = Field(ge=10)
-    grace_ms: int = Field(ge=0)
+    epoch_ms: int = Field(ge=MIN_EPOCH_MS, le=MAX_EPOCH_MS)
+    grace_ms: int = Field(ge=0, le=MAX_GRACE_MS)
 
 
 class Segment(NamedTuple):
@@ -160,8 +173,26 @@ def check_change(change: ConfigChange, timeline: Timeline, last_sealed: int, con
             f"config change effective at epoch {change.effective_epoch} is too soon: ops may "
             f"already be assigned up to epoch {earliest - 1}; choose epoch {earliest} or later"
         )
+    if change.effective_epoch > earliest + MAX_CHANGE_LEAD_EPOCHS:
+        raise ConfigRejected(
+            f"config change effective at epoch {change.effective_epoch} is too far ahead: "
+            f"schedule it at most {MAX_CHANGE_LEAD_EPOCHS} epochs after epoch {earliest}"
+        )
     if change.effective_epoch <= timeline.segments[-1].first_epoch:
         raise ConfigRejected(
             f"config change effective at epoch {change.effective_epoch} does not come after the "
             f"previous change (epoch {timeline.segments[-1].first_epoch})"
         )
+
+
+def seal_ceiling(config: DatabaseConfig, timeline: Timeline, last_sealed: int | None) -> int:
+    """The highest epoch a seal may name now: ``max_future_epochs`` past the last
+    sealed epoch, or past the origin's epoch before the first seal.
+
+    Seals beyond it are rejected (epoch.assign), and sealers never propose one
+    (epoch.sealer): after a long pause they catch up in steps of ``max_future_epochs``.
+    So a forged seal far ahead can neither close epochs that are still open nor stall
+    sealing until the clock reaches it.
+    """
+    base = timeline.epoch_of(config.origin_ms) if last_sealed is None else last_sealed
+    return base + config.max_future_epochs

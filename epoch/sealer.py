@@ -20,14 +20,18 @@ from epoch.assign import NO_EPOCH
 from epoch.config import Timeline
 from oplog.hlc import system_clock_ms
 
-SealState = Callable[[], tuple[Timeline | None, int]]
+# The timeline in force, the last sealed epoch, and the highest epoch a seal may name
+# (epoch.config.seal_ceiling; None: no bound), as this peer has read them from the stream.
+SealState = Callable[[], tuple[Timeline | None, int, int | None]]
 
 
 class Sealer:
     """Proposes seals for one database.
 
-    ``state`` returns the timeline in force and the last sealed epoch as this peer has
-    read them from the stream; ``publish`` sends ``seal k``.
+    ``state`` returns the timeline in force, the last sealed epoch and the seal ceiling
+    as this peer has read them from the stream; ``publish`` sends ``seal k``. A peer
+    that was down longer than ``max_future_epochs`` catches up in steps of it, since
+    the assigner rejects seals past the ceiling.
     """
 
     def __init__(
@@ -49,10 +53,12 @@ class Sealer:
 
     async def tick(self) -> int | None:
         """Propose the newest due seal, if any; returns the epoch proposed."""
-        timeline, last_sealed = self._state()
+        timeline, last_sealed, ceiling = self._state()
         if timeline is None:
             return None
         due = timeline.last_sealable(self._now_ms())
+        if ceiling is not None:
+            due = min(due, ceiling)
         if due <= max(last_sealed, self._proposed):
             return None
         await self._publish(due)

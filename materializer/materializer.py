@@ -18,7 +18,7 @@ from typing import Any
 from nats.js import JetStreamContext
 
 from epoch.assign import NO_EPOCH, Assigner, SealedEpoch
-from epoch.config import Timeline
+from epoch.config import Timeline, seal_ceiling
 from materializer.backend import Backend
 from materializer.errors import GenesisError, StreamGap
 from materializer.faults import FaultPoints
@@ -130,9 +130,13 @@ class Materializer:
             await self._reader.close()
         await asyncio.to_thread(self.backend.close)
 
-    def seal_state(self) -> tuple[Timeline | None, int]:
-        """The timeline and last sealed epoch as read from the stream (for the sealer)."""
-        return self.assigner.timeline, self.assigner.last_sealed
+    def seal_state(self) -> tuple[Timeline | None, int, int | None]:
+        """The timeline, last sealed epoch and seal ceiling as read from the stream (for the sealer)."""
+        assigner = self.assigner
+        config, timeline, last = assigner.config, assigner.timeline, assigner.last_sealed
+        if config is None or timeline is None:
+            return timeline, last, None
+        return timeline, last, seal_ceiling(config, timeline, None if last == NO_EPOCH else last)
 
     async def step(self) -> list[Committed]:
         """Read what the stream has (waiting briefly) and commit every epoch it seals."""

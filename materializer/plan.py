@@ -31,14 +31,14 @@ from typing import Any, NamedTuple, Protocol
 
 from pydantic import ValidationError
 
-from epoch.assign import Accepted, SealedEpoch
-from materializer.errors import OpRejected, StrategyError
+from epoch.assign import Accepted, SealedEpoch, recordable
+from materializer.errors import MaterializerError, OpRejected, StrategyError
 from materializer.metadata import CommitMeta, commit_meta, ops_digest
 from materializer.strategy import ABSENT, OpLike, RowState, get_strategy
 from oplog.codec import canonical_json, record_of
 from oplog.errors import SchemaError
 from oplog.op import OpRecord
-from oplog.schema import ColumnType, SchemaMessage, TableSchema, evolve
+from oplog.schema import MAX_TABLES, ColumnType, SchemaMessage, TableSchema, evolve
 
 Key = tuple[str | int, ...]
 MAX_RECORDED_PAYLOAD = 65_536
@@ -223,6 +223,14 @@ def apply_schema(tables: Mapping[str, TableSchema], body: Any) -> tuple[dict[str
     for proposed in message.tables:
         get_strategy(proposed.strategy)
         current = result.get(proposed.name)
+        if current is None:
+            # Both engines compare table names without regard to case (SQLite always,
+            # MySQL/Dolt on common file systems): "Users" beside "users" would fail in DDL.
+            taken = next((name for name in result if name.lower() == proposed.name.lower()), None)
+            if taken is not None:
+                raise SchemaError(f"table {proposed.name!r} differs from the existing table {taken!r} only in case")
+            if len(result) >= MAX_TABLES:
+                raise SchemaError(f"table {proposed.name!r}: a database holds at most {MAX_TABLES} tables")
         after = evolve(current, proposed)
         if after != current:
             changes.append(TableChange(current, after))
@@ -328,11 +336,15 @@ def _apply_controls(
         try:
             current, made = apply_schema(current, control.body)
         except (SchemaError, StrategyError) as e:
-            rejections.append(
-                RejectionRow(
-                    control.seq, -1, None, "schema", str(e), canonical_json(control.body)[:MAX_RECORDED_PAYLOAD]
-                )
-            )
+            # An unknown strategy name is the message's fault (a peer missing an installed
+            # plugin would show as a divergence, loudly).
+            rejections.append(RejectionRow(control.seq, -1, None, "schema", str(e), recordable(control.body)))
+            continue
+        except (MemoryError, MaterializerError):
+            raise
+        except Exception as e:  # see _refusal: a bug about this message alone
+            detail = f"{type(e).__name__} while applying this schema message"
+            rejections.append(RejectionRow(control.seq, -1, None, UNEXPECTED, detail, recordable(control.body)))
             continue
         changes.extend(made)
     return current, changes, config_rows
@@ -400,8 +412,9 @@ def _rows_by_table(
                     check_storable(table, key)
             elif type(prepared[1]) is _Refused and prepared[1].by_key:
                 raise prepared[1].error
-        except OpRejected as e:
-            rejections.append(RejectionRow(acc.seq, acc.index, op.id, e.reason, e.detail, _payload(op)))
+        except Exception as e:
+            refusal = _refusal(e)
+            rejections.append(RejectionRow(acc.seq, acc.index, op.id, refusal.reason, refusal.detail, _payload(op)))
             not_applied.add(op.id)
             continue
         seen = by_key.get(key)
@@ -441,8 +454,11 @@ def _fold_table(
                     raise prepared[1].error
                 else:
                     state = apply_prepared(table, state, acc.op, prepared[1])
-            except OpRejected as e:
-                rejections.append(RejectionRow(acc.seq, acc.index, acc.op.id, e.reason, e.detail, _payload(acc.op)))
+            except Exception as e:
+                refusal = _refusal(e)
+                rejections.append(
+                    RejectionRow(acc.seq, acc.index, acc.op.id, refusal.reason, refusal.detail, _payload(acc.op))
+                )
                 not_applied.add(acc.op.id)
         # What changed, as _record says, with its two usual cases first: a new row, and
         # a stored row overwritten (the fold made a new state, its meta differs).
@@ -454,6 +470,27 @@ def _fold_table(
                 continue
         _record(out, key, before, state)
     return out
+
+
+UNEXPECTED = "unexpected_error"
+
+
+def _refusal(error: Exception) -> OpRejected:
+    """The rejection for an error met while planning one op.
+
+    An :class:`OpRejected` is the op's own fault and says why. Any other error from a
+    strategy or a check is a bug, but a bug about this op alone: the op is rejected,
+    and the epoch commits (a peer must never crash-loop on one message). Its detail is
+    the exception's class only: a message may hold addresses or wording that differ
+    between peers, a class does not. Errors that are about the peer, not the op, stop
+    the peer as before: running out of memory (another peer may not), a strategy that
+    is not installed (a deployment error), a failing database.
+    """
+    if isinstance(error, OpRejected):
+        return error
+    if isinstance(error, (MemoryError, MaterializerError)):
+        raise error
+    return OpRejected(UNEXPECTED, f"{type(error).__name__} while planning this op")
 
 
 def _conflict(acc: Accepted) -> RejectionRow:

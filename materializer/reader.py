@@ -132,6 +132,7 @@ class StreamReader:
         assert self._sub is not None
         msgs = await self._pull(self._sub)
         out: list[StreamMessage] = []
+        topology = self.topology
         for msg in msgs:
             seq = msg.metadata.sequence.stream
             if seq < self.next_seq:
@@ -139,7 +140,8 @@ class StreamReader:
             if seq > self.next_seq and self._subject == self.topology.all_subjects:
                 await self._repair(seq)
                 break
-            out.append(StreamMessage(seq, self.topology.message_kind(msg.subject), msg.data))
+            subject = msg.subject
+            out.append(StreamMessage(seq, topology.message_kind(subject), msg.data, topology.subject_table(subject)))
             self.next_seq = seq + 1
         if out:
             self._repairs = 0

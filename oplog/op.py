@@ -20,6 +20,13 @@ from oplog.hlc import HLC
 MAX_ID_LENGTH = 200
 TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
 RESERVED_TABLE_PREFIX = "oplog_"
+# Prefixes the engines keep for themselves: SQLite (doltlite) refuses ``sqlite_*``, Dolt
+# ``dolt_*``. Both are refused whatever the backend, so every peer (and ``oplog verify``,
+# which recomputes in doltlite) decides alike. Compared case-insensitively, as both engines do.
+ENGINE_RESERVED_PREFIXES = ("sqlite_", "dolt_")
+# The deepest JSON an op's data may hold. orjson cannot encode past 254 levels, MySQL's
+# JSON stops at 100; 64 leaves room under both and is far past any real document.
+MAX_JSON_DEPTH = 64
 
 KeyValue = str | int
 
@@ -40,9 +47,33 @@ def check_table_name(name: str) -> str:
             f"table name {name!r} must start with a letter and hold only letters, digits "
             "and underscores (at most 63 characters)"
         )
-    if name.lower().startswith(RESERVED_TABLE_PREFIX):
-        raise ValueError(f"table name {name!r} uses the reserved prefix {RESERVED_TABLE_PREFIX!r}")
+    lowered = name.lower()
+    for prefix in (RESERVED_TABLE_PREFIX, *ENGINE_RESERVED_PREFIXES):
+        if lowered.startswith(prefix):
+            raise ValueError(f"table name {name!r} uses the reserved prefix {prefix!r}")
     return name
+
+
+def json_too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether ``value`` nests containers more than ``limit`` levels deep (itself is level 1).
+
+    Iterative, so a hostile document cannot exhaust the interpreter's stack, and cheap
+    for the usual flat object: scalars are skipped without a push."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if type(node) is dict:
+            children: Any = node.values()
+        elif type(node) is list:
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        for child in children:
+            if type(child) is dict or type(child) is list:
+                stack.append((child, depth + 1))
+    return False
 
 
 class Op(BaseModel):
@@ -79,6 +110,13 @@ class Op(BaseModel):
     @classmethod
     def _table(cls, value: str) -> str:
         return check_table_name(value)
+
+    @field_validator("data")
+    @classmethod
+    def _data(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and json_too_deep(value):
+            raise ValueError(f"data nests deeper than {MAX_JSON_DEPTH} levels")
+        return value
 
     @field_validator("key", mode="before")
     @classmethod
@@ -226,7 +264,7 @@ def _fast_fields(raw: Any) -> tuple[int, int, str, str, str, tuple[KeyValue, ...
         return None
     op_kind = _KINDS.get(kind) if type(kind) is str else None
     data = raw.get("data")
-    if op_kind is None or (data is not None and type(data) is not dict):
+    if op_kind is None or (data is not None and (type(data) is not dict or json_too_deep(data))):
         return None
     interned = _NODES.get(node)
     if interned is None:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import base64
 import math
-from datetime import UTC, datetime
-from decimal import Decimal
+from datetime import UTC, datetime, timedelta
+from decimal import Context, Decimal
 from enum import StrEnum
 from functools import cached_property
 from typing import Any
@@ -28,6 +28,21 @@ from oplog.op import TABLE_NAME, check_table_name
 
 RESERVED_COLUMN_PREFIX = "_oplog"
 MAX_INTEGER = 2**63 - 1
+# Limits both engines accept, applied whatever the backend so every peer decides alike.
+# Columns: SQLite stops at 2,000 and MySQL at 4,096 per table, but Dolt also enforces
+# MySQL's 65,535-byte row size, where a timestamp column (VARCHAR(32), utf8mb4) counts
+# 129 bytes and a text key 4 bytes per character: 250 columns stay inside it.
+MAX_COLUMNS = 250
+MAX_TABLES_PER_MESSAGE = 100
+MAX_TABLES = 1000
+# Decimals are kept as exact fixed-point text; MySQL's DECIMAL(65, 30) bounds them, so
+# a 10-byte "1e1000000" cannot become a megabyte of zeros, and nothing is rounded.
+MAX_DECIMAL_DIGITS = 65
+MAX_DECIMAL_SCALE = 30
+# Timestamps: years 1 to 9999, what both engines' date functions and Python's datetime take.
+UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MIN_TIMESTAMP_MS = -62_135_596_800_000  # 0001-01-01T00:00:00.000Z
+MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 
 
 class ColumnType(StrEnum):
@@ -65,7 +80,7 @@ class TableSchema(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     name: str
-    columns: tuple[Column, ...] = Field(min_length=1)
+    columns: tuple[Column, ...] = Field(min_length=1, max_length=MAX_COLUMNS)
     primary_key: tuple[str, ...] = Field(min_length=1)
     strategy: str = "lww"
 
@@ -113,7 +128,7 @@ class SchemaMessage(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    tables: tuple[TableSchema, ...] = Field(min_length=1)
+    tables: tuple[TableSchema, ...] = Field(min_length=1, max_length=MAX_TABLES_PER_MESSAGE)
 
 
 def evolve(current: TableSchema | None, proposed: TableSchema) -> TableSchema:
@@ -183,8 +198,21 @@ def _decimal(value: Any) -> str:
     number = Decimal(str(value))
     if not number.is_finite():
         raise ValueError("not a finite decimal")
+    # normalize() rounds to the context's precision (28 digits by default): give it
+    # enough for every digit, so nothing is ever rounded.
+    exact = Context(prec=len(number.as_tuple().digits) + 1)
+    number = number.normalize(exact)
+    _, digits, exponent = number.as_tuple()
+    assert isinstance(exponent, int)  # finite
+    scale = max(-exponent, 0)
+    whole = max(len(digits) + exponent, 0)
+    if scale > MAX_DECIMAL_SCALE or whole + scale > MAX_DECIMAL_DIGITS:
+        raise ValueError(
+            f"more than {MAX_DECIMAL_DIGITS} digits or {MAX_DECIMAL_SCALE} after the point "
+            f"({whole} + {scale}); oplog stores decimals exactly and does not round"
+        )
     # Fixed-point rendering, trailing zeros dropped: "1.50" and "1.5" are one value.
-    text = format(number.normalize(), "f")
+    text = format(number, "f")
     return "0" if text in ("-0", "0") else text
 
 
@@ -225,7 +253,9 @@ def _timestamp(value: Any) -> str:
     if isinstance(value, bool):
         raise TypeError("expected epoch milliseconds or an ISO-8601 string")
     if isinstance(value, int):
-        moment = datetime.fromtimestamp(value / 1000, tz=UTC)
+        if not MIN_TIMESTAMP_MS <= value <= MAX_TIMESTAMP_MS:
+            raise ValueError("outside the years 1 to 9999")
+        moment = UNIX_EPOCH + timedelta(milliseconds=value)  # exact, unlike value / 1000
     elif isinstance(value, str):
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
         if moment.tzinfo is None:
@@ -237,12 +267,12 @@ def _timestamp(value: Any) -> str:
 
 
 def format_timestamp(moment: datetime) -> str:
-    """UTC with millisecond precision: ``2026-01-01T00:00:00.000Z``."""
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    """UTC with millisecond precision: ``2026-01-01T00:00:00.000Z`` (four-digit years)."""
+    return f"{moment.year:04d}" + moment.strftime("-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def format_epoch_ms(ms: int) -> str:
-    return format_timestamp(datetime.fromtimestamp(ms / 1000, tz=UTC))
+    return format_timestamp(UNIX_EPOCH + timedelta(milliseconds=ms))
 
 
 _NORMALIZERS = {

@@ -91,6 +91,14 @@ class Topology(BaseModel):
         head = rest.split(".", 1)[0]
         return head if head in ("ops", "seal", "config", "schema") else "unknown"
 
+    def subject_table(self, subject: str) -> str | None:
+        """The table an ops subject names (everything after ``<prefix>.ops.``), else None.
+
+        Producers may be allowed to publish to some tables' subjects only, so an op is
+        bound to its subject: one whose body names another table is rejected."""
+        head = f"{self.prefix}.ops."
+        return subject[len(head) :] if subject.startswith(head) else None
+
     # Buckets beside the stream: peers' (epoch, hash) reports and the shared genesis.
     @property
     def hashes_bucket(self) -> str:

@@ -173,7 +173,7 @@ async def test_sealers_of_many_peers_seal_each_epoch_once() -> None:
     async def publish(epoch: int) -> None:
         proposed.append(epoch)
 
-    sealer = Sealer(lambda: (timeline, last_sealed[0]), publish, now_ms=lambda: now[0])
+    sealer = Sealer(lambda: (timeline, last_sealed[0], None), publish, now_ms=lambda: now[0])
     assert await sealer.tick() is None  # epoch -1 ends at the origin, plus 300 ms grace
     now[0] = ORIGIN_MS + 300
     assert await sealer.tick() is None  # -1 is already sealed

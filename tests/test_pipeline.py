@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from oplog.codec import canonical_bytes
 from oplog.errors import InvalidOp, OversizeOp
 from oplog.hlc import HybridLogicalClock
 from oplog.op import Op
@@ -176,6 +177,13 @@ async def test_bad_input_is_recorded_identically_and_never_stops_an_epoch(
         await publish_raw(js, topology, topology.ops_subject("users"), b"{not json")
         await publish_batch(js, topology, [
             Op(id="nope", hlc=(wall(0, 2), 0, "a"), table="nosuch", key=("k",), kind="upsert", data={}),
+        ])  # fmt: skip
+        # An op is bound to the table its subject names: a producer allowed to publish
+        # on another table's subject cannot write "users" through it.
+        sneaky = Op(id="sneaky", hlc=(wall(0, 2), 1, "a"), table="users", key=("s",), kind="upsert", data={})
+        await publish_raw(js, topology, topology.ops_subject("orders"),
+                          b'{"v":1,"ops":[' + canonical_bytes(sneaky.to_wire()) + b"]}")  # fmt: skip
+        await publish_batch(js, topology, [
             Op(id="typed", hlc=(wall(0, 3), 0, "a"), table="users", key=("t",), kind="upsert",
                data={"name": "t", "score": "high"}),
             Op(id="big", hlc=(wall(0, 4), 0, "a"), table="users", key=("b",), kind="upsert",
@@ -196,6 +204,7 @@ async def test_bad_input_is_recorded_identically_and_never_stops_an_epoch(
                 assert peer.rejections() == [
                     (0, None, "malformed"),
                     (0, "nope", "unknown_table"),
+                    (0, "sneaky", "wrong_subject"),
                     (0, "typed", "bad_value"),
                     (0, "big", "oversize"),
                     (0, "half", "invalid_op"),

@@ -38,8 +38,16 @@ overlapping snapshots), 15 arrival orders each, gave the right JSON and identica
 meta bytes within each history; 1193 incomplete subsets in 8 orders each gave
 identical meta bytes.
 
+Bounded state. Updates that never integrate (their predecessors never come, or they
+were forged to depend on nothing that exists) would otherwise pile up in ``pending``
+forever, and every later update of the row retries all of them (quadratic). A row
+keeps at most :data:`MAX_PENDING_UPDATES` waiting updates of at most
+:data:`MAX_PENDING_BYTES` in all; an update that would leave more waiting is rejected
+(``crdt_backlog``), so the state stays bounded and its fold cost with it.
+
 Rejections: ``bad_table`` (not exactly one json value column), ``bad_data`` (no
-``update`` text), ``bad_crdt_update`` (not base64, or not a Yjs v1 update).
+``update`` text), ``bad_crdt_update`` (not base64, or not a Yjs v1 update),
+``crdt_backlog`` (too many updates of the row wait for their causal predecessors).
 """
 
 from __future__ import annotations
@@ -56,6 +64,8 @@ from oplog.schema import Column, ColumnType, TableSchema, normalize_value
 
 # The materializer never edits, so its own client id never reaches the state; fixed anyway.
 MATERIALIZER_CLIENT_ID = 1
+MAX_PENDING_UPDATES = 16
+MAX_PENDING_BYTES = 256 * 1024
 
 
 def document_column(table: TableSchema) -> Column:
@@ -195,6 +205,12 @@ class CrdtDocument(Strategy):
         except (ValueError, IndexError, RuntimeError) as e:
             # The stored state was written by this strategy; only the new update can be at fault.
             raise OpRejected("bad_crdt_update", f"the update does not merge with the row's state: {e}") from None
+        if len(left) > MAX_PENDING_UPDATES or sum(map(len, left)) > MAX_PENDING_BYTES:
+            raise OpRejected(
+                "crdt_backlog",
+                f"row {list(op.key)!r} would hold {len(left)} updates waiting for updates they depend on "
+                f"(at most {MAX_PENDING_UPDATES}, {MAX_PENDING_BYTES} bytes); publish the missing updates first",
+            )
         meta: dict[str, Any] = {"state": encode_update(encoded)}
         if left:
             meta["pending"] = [encode_update(p) for p in left]
