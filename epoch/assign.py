@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 import orjson
 from pydantic import ValidationError
 
-from epoch.config import ConfigChange, DatabaseConfig, LatePolicy, Timeline, check_change, seal_ceiling
+from epoch.config import ConfigChange, DatabaseConfig, LatePolicy, Roster, Timeline, check_change, seal_ceiling
 from epoch.errors import ConfigRejected
 from oplog.codec import canonical_json, decode_batch, decode_json, decode_record, raw_op_id
 from oplog.errors import CodecError
@@ -147,6 +147,7 @@ class Assigner:
 
     config: DatabaseConfig | None = None
     timeline: Timeline | None = None
+    roster: Roster | None = None  # the peers that count toward agreement, once an admin declared them
     last_sealed: int = NO_EPOCH
     committed_through: int = NO_EPOCH
     _pending: list[Accepted] = field(default_factory=list)
@@ -340,8 +341,14 @@ class Assigner:
                     check_change(change, self.timeline, self.last_sealed, self.config)
                 self.timeline = self.timeline.with_change(change)
                 self._controls.append(Control(seq, "config", change.model_dump(mode="json")))
+            elif kind == "roster":
+                roster = Roster.model_validate(body)
+                if self.config is None:
+                    raise ConfigRejected("a roster before the database's init")
+                self.roster = roster
+                self._controls.append(Control(seq, "config", roster.model_dump(mode="json")))
             else:
-                raise ConfigRejected(f"config message type {kind!r} is not 'init' or 'change'")
+                raise ConfigRejected(f"config message type {kind!r} is not 'init', 'change' or 'roster'")
         except (ValidationError, ConfigRejected) as e:
             detail = str(e).splitlines()[0] if isinstance(e, ValidationError) else str(e)
             self._reject(seq, -1, None, Reason.BAD_CONFIG, detail, body)

@@ -10,9 +10,9 @@ beyond every epoch an op could already have been assigned to (see
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal, NamedTuple
+from typing import Annotated, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from epoch.errors import ConfigRejected
 from oplog.schema import format_epoch_ms
@@ -75,6 +75,32 @@ class ConfigChange(BaseModel):
     effective_epoch: int
     epoch_ms: int = Field(ge=MIN_EPOCH_MS, le=MAX_EPOCH_MS)
     grace_ms: int = Field(ge=0, le=MAX_GRACE_MS)
+
+
+PEER_NAME = r"^[A-Za-z0-9_-]{1,64}$"
+MAX_ROSTER = 100
+
+
+class Roster(BaseModel):
+    """The peers that count toward agreement, published by an admin on the config subject.
+
+    Kept in the config history like any config message, so every peer reads the same
+    roster at the same stream position. Names on the hash board that are not in it are
+    reported and never counted toward a majority: a forged report cannot make honest
+    peers look like a minority. Without a roster, every peer that ever reported counts.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    type: Literal["roster"] = "roster"
+    peers: tuple[Annotated[str, Field(pattern=PEER_NAME)], ...] = Field(min_length=1, max_length=MAX_ROSTER)
+
+    @field_validator("peers")
+    @classmethod
+    def _unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("a roster names each peer once")
+        return tuple(sorted(value))
 
 
 class Segment(NamedTuple):

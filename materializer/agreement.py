@@ -55,23 +55,30 @@ def majority(reports: dict[str, str], known_peers: int) -> tuple[str, tuple[str,
     return top, tuple(sorted(p for p, h in reports.items() if h == top))
 
 
-def judge(epoch: int, peer: str, reports: dict[str, str], known_peers: int) -> Judgement:
+def judge(
+    epoch: int, peer: str, reports: dict[str, str], known_peers: int, *, counted: frozenset[str] | None = None
+) -> Judgement:
     """Judge ``peer``'s report for ``epoch`` against everyone's (``reports`` includes it).
 
-    ``known_peers`` is how many peers the board knows; a peer that never reported this
-    epoch still counts, so a majority is final.
+    ``known_peers`` is how many peers count; a peer that never reported this epoch
+    still counts, so a majority is final. ``counted``, if given, is the roster: only
+    its members' reports count toward a majority (``peer`` itself too only if it is a
+    member); the others are still named as dissenters.
     """
     mine = reports[peer]
-    known = max(known_peers, len(reports))
+    votes = reports if counted is None else {p: h for p, h in reports.items() if p in counted}
+    known = max(known_peers, len(votes))
     dissenters = tuple(sorted(p for p, h in reports.items() if h != mine))
-    won = majority(reports, known)
+    won = majority(votes, known)
     if won is not None:
         top, holders = won
         verdict = Verdict.AGREED if top == mine else Verdict.MINORITY
         return Judgement(epoch, verdict, mine, top, holders, dissenters)
     # No majority yet: can one still form from the peers that have not reported?
-    counts = Counter(reports.values())
-    missing = known - len(reports)
+    counts = Counter(votes.values())
+    missing = known - len(votes)
+    if missing > 0 and not counts:
+        return Judgement(epoch, Verdict.PENDING, mine, None, (), dissenters)
     if any(2 * (c + missing) > known for c in counts.values()):
         return Judgement(epoch, Verdict.PENDING, mine, None, (), dissenters)
     return Judgement(epoch, Verdict.SPLIT, mine, None, (), dissenters)

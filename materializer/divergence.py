@@ -16,6 +16,7 @@ the peer rather than looping.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from materializer.agreement import Judgement, Verdict, judge, majority
@@ -35,6 +36,7 @@ class DivergenceStats:
     repairs: int = 0
     diverged: bool = False
     last: Judgement | None = None
+    strangers: tuple[str, ...] = ()  # names on the board that the roster does not hold
 
 
 @dataclass
@@ -48,11 +50,17 @@ class DivergenceWatch:
     KV reads per check, however short the epochs. ``expected_peers`` (the deployment's
     size, if known) is a floor for the number of peers a majority is counted against,
     so a verdict cannot be reached before enough peers have reported at all.
+
+    ``roster`` returns the peers declared by an admin (epoch.config.Roster), as this
+    peer has read them from the stream, or None if none was declared. With a roster,
+    only its members count, however many names the board holds; other names are
+    reported once each and otherwise ignored, so forged reports change no verdict.
     """
 
     board: HashBoard
     peer: str
     expected_peers: int = 1
+    roster: Callable[[], tuple[str, ...] | None] = lambda: None
     remember: int = 4096
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("oplog.divergence"))
     stats: DivergenceStats = field(default_factory=DivergenceStats)
@@ -75,27 +83,45 @@ class DivergenceWatch:
         if not self._mine:
             return None
         peers = await self.board.peers()
-        others = [p for p in peers if p != self.peer]
-        known = max(self.expected_peers, len(others) + 1)
+        roster = self.roster()
+        if roster is None:
+            others = [p for p in peers if p != self.peer]
+            known = max(self.expected_peers, len(others) + 1)
+            member = True
+        else:
+            self._note_strangers(sorted(set(peers) - set(roster) - {self.peer}))
+            others = [p for p in roster if p != self.peer]
+            known = len(roster)
+            member = self.peer in roster
         progress = await self.board.progress(others)
 
         def reached(epoch: int) -> int:
             return sum(1 for v in progress.values() if v >= epoch)
 
-        candidates = [e for e in self._mine if e > self._judged_through and 2 * (1 + reached(e)) > known]
+        candidates = [e for e in self._mine if e > self._judged_through and 2 * (member + reached(e)) > known]
         if not candidates:
             return None
         epoch = max(candidates)
         reports = await self.board.reports(epoch, others)
         # Use what this peer committed: its own report may not have landed (best effort).
         reports[self.peer] = self._mine[epoch]
-        judgement = judge(epoch, self.peer, reports, known)
+        judgement = judge(epoch, self.peer, reports, known, counted=None if roster is None else frozenset(roster))
         if judgement.verdict is Verdict.PENDING:
             return None
         settled = sum(1 for e in self._mine if self._judged_through < e <= epoch)
         self._judged_through = epoch
         self._record(judgement, settled)
         return judgement
+
+    def _note_strangers(self, strangers: list[str]) -> None:
+        new = [name for name in strangers if name not in self.stats.strangers]
+        if new:
+            self.logger.warning(
+                "hash reports from %s, which the roster does not name, are ignored (check who can write "
+                "the hash board: docs/security.md)",
+                ", ".join(new),
+            )
+        self.stats.strangers = tuple(strangers)
 
     def _record(self, judgement: Judgement, epochs: int) -> None:
         stats = self.stats
@@ -130,16 +156,26 @@ class DivergenceWatch:
         )
 
 
-async def verified_snapshot(store: SnapshotStore, board: HashBoard, *, exclude_peer: str) -> SnapshotInfo | None:
+async def verified_snapshot(
+    store: SnapshotStore,
+    board: HashBoard,
+    *,
+    exclude_peer: str,
+    roster: tuple[str, ...] | None = None,
+    expected_peers: int = 1,
+) -> SnapshotInfo | None:
     """The newest snapshot whose hash a strict majority of peers reported for its epoch.
 
-    A snapshot uploaded by ``exclude_peer`` (the diverged peer itself) is never used.
+    The peers are the ``roster`` if one was declared, else every peer on the board
+    (at least ``expected_peers`` of them count). A snapshot uploaded by
+    ``exclude_peer`` (the diverged or joining peer itself) is never used.
     """
-    peers = await board.peers()
+    peers = list(roster) if roster is not None else await board.peers()
+    known = len(peers) if roster is not None else max(len(peers), expected_peers)
     for info in reversed(await store.infos()):
         if info.peer == exclude_peer:
             continue
-        won = majority(await board.reports(info.epoch, peers), len(peers))
+        won = majority(await board.reports(info.epoch, peers), known)
         if won is not None and won[0] == info.commit_hash:
             return info
     return None
@@ -148,11 +184,20 @@ async def verified_snapshot(store: SnapshotStore, board: HashBoard, *, exclude_p
 class Repairer:
     """Decides, per divergence, whether to repair from a snapshot or to stop."""
 
-    def __init__(self, store: SnapshotStore, board: HashBoard, peer: str, *, repair: bool) -> None:
+    def __init__(
+        self,
+        store: SnapshotStore,
+        board: HashBoard,
+        peer: str,
+        *,
+        repair: bool,
+        roster: Callable[[], tuple[str, ...] | None] = lambda: None,
+    ) -> None:
         self._store = store
         self._board = board
         self._peer = peer
         self._repair = repair
+        self._roster = roster
         self._repaired_epochs: set[int] = set()
 
     async def choose(self, judgement: Judgement) -> SnapshotInfo:
@@ -165,7 +210,7 @@ class Repairer:
                 f"{reason} again after a repair: this peer computes a different commit from the same ops "
                 "(check that every peer runs the same oplog, strategy plugins and backend versions); stopping"
             )
-        info = await verified_snapshot(self._store, self._board, exclude_peer=self._peer)
+        info = await verified_snapshot(self._store, self._board, exclude_peer=self._peer, roster=self._roster())
         if info is None:
             raise Divergence(
                 f"{reason}; no snapshot is confirmed by a majority of peers yet, so it cannot repair. "

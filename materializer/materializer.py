@@ -32,6 +32,7 @@ from oplog.schema import TableSchema
 from oplog.topology import Topology
 
 OnCommit = Callable[[int, str], Awaitable[None]]
+ChooseSnapshot = Callable[[], Awaitable[SnapshotInfo | None]]
 BetweenSteps = Callable[["Materializer"], Awaitable[None]]
 
 
@@ -58,7 +59,12 @@ class Materializer:
         snapshots: SnapshotPolicy | None = None,
         logger: logging.Logger | None = None,
         faults: FaultPoints | None = None,
+        choose_snapshot: ChooseSnapshot | None = None,
     ) -> None:
+        """``choose_snapshot`` picks the snapshot a new (or purged-past) peer installs;
+        the peer service passes one that trusts only a snapshot whose hash a majority
+        of the roster reported (materializer.divergence.verified_snapshot). Default:
+        the newest in the store."""
         self._js = js
         self.topology = topology
         self.backend = backend
@@ -75,12 +81,13 @@ class Materializer:
         self._read_ahead = ReadAhead(backend)
         if faults is not None:
             backend.faults = faults
+        self._choose_snapshot = choose_snapshot or self.snapshots.latest
 
     async def start(self) -> None:
         """Open the database (bootstrapping it if new) and position the reader."""
         await asyncio.to_thread(self.backend.open)
         if not await asyncio.to_thread(self.backend.is_initialized):
-            latest = await self.snapshots.latest()
+            latest = await self._choose_snapshot()
             if latest is not None:
                 await self._install(latest)
             else:
@@ -130,6 +137,11 @@ class Materializer:
             await self._reader.close()
         await asyncio.to_thread(self.backend.close)
 
+    def roster(self) -> tuple[str, ...] | None:
+        """The peers an admin declared to count toward agreement, as read so far (None: none)."""
+        declared = self.assigner.roster
+        return declared.peers if declared is not None else None
+
     def seal_state(self) -> tuple[Timeline | None, int, int | None]:
         """The timeline, last sealed epoch and seal ceiling as read from the stream (for the sealer)."""
         assigner = self.assigner
@@ -174,7 +186,7 @@ class Materializer:
             try:
                 await self.step()
             except StreamGap as gap:
-                latest = await self.snapshots.latest()
+                latest = await self._choose_snapshot()
                 mine = self.last.epoch if self.last else NO_EPOCH
                 if latest is None or latest.epoch <= mine:
                     raise

@@ -9,7 +9,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from epoch.assign import Assigner, StreamMessage
-from epoch.config import DatabaseConfig, Timeline
+from epoch.config import DatabaseConfig, Roster, Timeline
 from materializer.reader import StreamReader
 from oplog.schema import SchemaMessage
 from oplog.stream import ensure_stream, publish_json
@@ -35,8 +35,10 @@ def default_origin_ms(epoch_ms: int, now_ms: int | None = None) -> int:
     return now - now % epoch_ms
 
 
-async def read_timeline(js: JetStreamContext, topology: Topology, *, wait_s: float = 0.5) -> Timeline | None:
-    """The epoch timeline as the stream's config messages define it (None before init)."""
+async def read_config(js: JetStreamContext, topology: Topology, *, wait_s: float = 0.5) -> Assigner:
+    """An assigner fed every config message the stream still holds: its ``config``,
+    ``timeline`` and ``roster`` are the database's as of the stream's end (None where
+    no such message was published, or retention purged it)."""
     reader = StreamReader(js, topology, 1, wait_s=wait_s, subject=topology.config_subject)
     assigner = Assigner()
     try:
@@ -50,7 +52,17 @@ async def read_timeline(js: JetStreamContext, topology: Topology, *, wait_s: flo
                 assigner.feed(StreamMessage(message.seq, "config", message.payload))
     finally:
         await reader.close()
-    return assigner.timeline
+    return assigner
+
+
+async def read_timeline(js: JetStreamContext, topology: Topology, *, wait_s: float = 0.5) -> Timeline | None:
+    """The epoch timeline as the stream's config messages define it (None before init)."""
+    return (await read_config(js, topology, wait_s=wait_s)).timeline
+
+
+async def publish_roster(js: JetStreamContext, topology: Topology, roster: Roster) -> int:
+    """Declare the peers that count toward agreement (an admin's message on the config subject)."""
+    return await publish_json(js, topology, topology.config_subject, roster.model_dump(mode="json"))
 
 
 async def publish_schema(js: JetStreamContext, topology: Topology, schema: SchemaMessage) -> int:

@@ -16,20 +16,22 @@ from typing import Literal
 
 import nats
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 from pydantic import BaseModel, ConfigDict, Field
 
 from epoch.sealer import Sealer
 from materializer.agreement import Verdict
 from materializer.backend import Backend
 from materializer.buckets import CLUSTER_SETTLING
-from materializer.divergence import DivergenceWatch, Repairer
+from materializer.divergence import DivergenceWatch, Repairer, verified_snapshot
 from materializer.faults import FaultDir
 from materializer.hashes import HashBoard
 from materializer.materializer import Materializer
-from materializer.snapshots import SnapshotPolicy
+from materializer.snapshots import SnapshotInfo, SnapshotPolicy
 from oplog.stream import ensure_stream, publish_json
 from oplog.topology import StreamLimits, Topology
 from peer import metrics
+from peer.control import read_config
 
 CONNECT_TIMEOUT_S = 5.0
 # A peer holds an epoch's ops (100k+ objects) while it plans; the default GC
@@ -126,6 +128,21 @@ async def connected(url: str, *, name: str = "oplog") -> AsyncIterator[Client]:
         await nc.close()
 
 
+async def trusted_snapshot(
+    js: JetStreamContext, topology: Topology, board: HashBoard, materializer: Materializer, config: PeerConfig
+) -> SnapshotInfo | None:
+    """The snapshot a joining (or purged-past) peer may install: the newest one whose
+    hash a majority of the roster reported. The roster is the one this peer has read,
+    else the one the stream's config messages declare, else every peer on the board."""
+    roster = materializer.roster()
+    if roster is None:
+        declared = (await read_config(js, topology)).roster
+        roster = declared.peers if declared is not None else None
+    return await verified_snapshot(
+        materializer.snapshots, board, exclude_peer=config.name, roster=roster, expected_peers=config.expected_peers
+    )
+
+
 async def run_peer(
     config: PeerConfig,
     stop: asyncio.Event,
@@ -146,7 +163,6 @@ async def run_peer(
         js = nc.jetstream()
         await _settled(lambda: ensure_stream(js, topology), "stream", log)
         board = HashBoard(js, topology)
-        watch = DivergenceWatch(board, config.name, expected_peers=config.expected_peers, logger=log)
         metrics_path = config.data_dir / metrics.METRICS_FILE
         config.data_dir.mkdir(parents=True, exist_ok=True)
 
@@ -161,6 +177,10 @@ async def run_peer(
             except Exception as e:  # verification must not stop materializing
                 log.warning("could not report epoch %d: %s", epoch, e)
 
+        # Created before the materializer, whose commits it hears of; reads its roster.
+        watch = DivergenceWatch(
+            board, config.name, expected_peers=config.expected_peers, roster=lambda: materializer.roster(), logger=log
+        )
         materializer = Materializer(
             js,
             topology,
@@ -170,10 +190,13 @@ async def run_peer(
             snapshots=config.snapshots,
             logger=log,
             faults=FaultDir(config.fault_dir) if config.fault_dir is not None else None,
+            choose_snapshot=lambda: trusted_snapshot(js, topology, board, materializer, config),
         )
         stack.push_async_callback(materializer.close)
         await _settled(materializer.start, "start-up", log)
-        repairer = Repairer(materializer.snapshots, board, config.name, repair=config.repair)
+        repairer = Repairer(
+            materializer.snapshots, board, config.name, repair=config.repair, roster=materializer.roster
+        )
         next_check = 0.0
 
         async def between_steps(m: Materializer) -> None:
