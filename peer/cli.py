@@ -1,4 +1,4 @@
-"""The ``oplog`` command line: init, serve, publish, status, verify, dev, bench.
+"""The ``oplog`` command line: init, serve, publish, status, verify, dev, bench, auth.
 
 Configuration is read here and only here (flags, with ``OPLOG_*`` environment
 defaults), then passed down as typed values.
@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from epoch.config import DatabaseConfig, LatePolicy
 from materializer.errors import Divergence
+from oplog.connection import NatsOptions
 from oplog.errors import OplogError
 from oplog.hlc import HybridLogicalClock
 from oplog.producer import Producer, ProducerConfig
@@ -31,12 +32,28 @@ from peer.control import default_origin_ms, init_database, publish_schema, read_
 from peer.service import GC_THRESHOLDS, PeerConfig, connect, run_peer
 
 EXIT_DIVERGED = 3
-DEFAULT_NATS = os.environ.get("OPLOG_NATS_URL", "nats://127.0.0.1:4222")
+DEFAULT_NATS = NatsOptions.default_url(os.environ)
 DEFAULT_DB = os.environ.get("OPLOG_DB", "demo")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--nats", default=DEFAULT_NATS, help="NATS URL(s), comma-separated (env OPLOG_NATS_URL)")
+    env = os.environ.get
+    parser.add_argument(
+        "--nats", default=DEFAULT_NATS, help="NATS URL(s), comma-separated (env OPLOG_NATS_URL, else NATS_URL)"
+    )
+    # One way to authenticate (docs/security.md). Secrets are best given through the
+    # environment: a command line is visible to every user of the host (ps).
+    auth = parser.add_argument_group("NATS authentication and TLS")
+    auth.add_argument("--user", default=env("OPLOG_NATS_USER"), help="NATS user (env OPLOG_NATS_USER)")
+    auth.add_argument("--password", default=env("OPLOG_NATS_PASSWORD"), help="its password (env OPLOG_NATS_PASSWORD)")
+    auth.add_argument("--token", default=env("OPLOG_NATS_TOKEN"), help="NATS token (env OPLOG_NATS_TOKEN)")
+    auth.add_argument("--creds", type=Path, default=env("OPLOG_NATS_CREDS"),
+                      help="user .creds file, operator mode (env OPLOG_NATS_CREDS)")  # fmt: skip
+    auth.add_argument("--nkey", type=Path, default=env("OPLOG_NATS_NKEY"),
+                      help="NKEY seed file, e.g. from `oplog auth config` (env OPLOG_NATS_NKEY)")  # fmt: skip
+    auth.add_argument("--tls-ca", type=Path, default=env("OPLOG_NATS_TLS_CA"), help="CA of the server's certificate")
+    auth.add_argument("--tls-cert", type=Path, default=env("OPLOG_NATS_TLS_CERT"), help="client certificate")
+    auth.add_argument("--tls-key", type=Path, default=env("OPLOG_NATS_TLS_KEY"), help="client certificate's key")
     parser.add_argument("--db", default=DEFAULT_DB, help="database name (env OPLOG_DB)")
     parser.add_argument("--replicas", type=int, default=1, help="stream replicas (3 on a JetStream cluster)")
 
@@ -117,7 +134,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="measure throughput and latency against baselines (writes JSON)")
     add_bench_arguments(p)
+
+    from peer.auth import add_arguments as add_auth_arguments
+
+    p = sub.add_parser("auth", help="generate NATS users and permissions for oplog's roles (docs/security.md)")
+    add_auth_arguments(p)
     return parser
+
+
+def nats_options(args: argparse.Namespace) -> NatsOptions:
+    """The NATS connection options of a command's flags (see :func:`_common`)."""
+    fields = {"url": args.nats, "user": args.user, "password": args.password, "token": args.token,
+              "creds": args.creds, "nkey": args.nkey, "tls_ca": args.tls_ca, "tls_cert": args.tls_cert,
+              "tls_key": args.tls_key}  # fmt: skip
+    try:
+        return NatsOptions(**{k: v for k, v in fields.items() if v is not None})
+    except ValidationError as e:
+        # Only the messages: pydantic would echo the input, a password included.
+        why = "; ".join(str(err["msg"]).removeprefix("Value error, ") for err in e.errors())
+        raise OplogError(f"NATS options: {why}") from None
 
 
 async def cmd_init(args: argparse.Namespace) -> int:
@@ -132,7 +167,7 @@ async def cmd_init(args: argparse.Namespace) -> int:
         author_name=args.author_name,
         author_email=args.author_email,
     )
-    nc = await connect(args.nats, name="oplog-init")
+    nc = await connect(nats_options(args), name="oplog-init")
     try:
         created = await init_database(nc.jetstream(), topology, config)
     finally:
@@ -147,7 +182,7 @@ async def cmd_serve(args: argparse.Namespace) -> int:
     config = PeerConfig(
         name=args.name,
         db=args.db,
-        nats_url=args.nats,
+        nats=nats_options(args),
         data_dir=args.data_dir,
         backend=args.backend,
         dolt_port=args.dolt_port,
@@ -184,7 +219,7 @@ def _read_lines(path: str) -> list[tuple[int, Any]]:
 
 async def cmd_publish(args: argparse.Namespace) -> int:
     topology = Topology(db=args.db, limits=StreamLimits(replicas=args.replicas))
-    nc = await connect(args.nats, name="oplog-publish")
+    nc = await connect(nats_options(args), name="oplog-publish")
     try:
         js = nc.jetstream()
         if args.schema:
@@ -251,7 +286,7 @@ async def cmd_verify(args: argparse.Namespace) -> int:
     from materializer.verify import verify
 
     topology = Topology(db=args.db, limits=StreamLimits(replicas=args.replicas))
-    nc = await connect(args.nats, name="oplog-verify")
+    nc = await connect(nats_options(args), name="oplog-verify")
     try:
         with tempfile.TemporaryDirectory(prefix="oplog-verify-") as workdir:
             result = await verify(
@@ -281,7 +316,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
     from materializer.hashes import HashBoard
 
     topology = Topology(db=args.db)
-    nc = await connect(args.nats, name="oplog-status")
+    nc = await connect(nats_options(args), name="oplog-status")
     try:
         board = HashBoard(nc.jetstream(), topology)
         rows = await board.collect(args.last)
@@ -320,6 +355,14 @@ def main(argv: list[str] | None = None) -> int:
         from peer.bench import run_bench
 
         return run_bench(args)
+    if args.command == "auth":
+        from peer.auth import run_auth
+
+        try:
+            return run_auth(args)
+        except OplogError as e:
+            print(f"oplog: {e}", file=sys.stderr)
+            return 2
     handler = {
         "init": cmd_init, "serve": cmd_serve, "publish": cmd_publish, "status": cmd_status, "verify": cmd_verify,
     }[args.command]  # fmt: skip

@@ -5,6 +5,10 @@ the same address and store; each data dir holds nats.conf, nats.log and jetstrea
 Ready means: ``/healthz?js-enabled-only=true`` answers 200 on the monitoring port (it
 checks the client listener too); for a cluster, plain ``/healthz`` answers 200 on every
 running node (a meta leader exists and each node is current with it).
+
+A secured server takes an ``authorization`` block (``oplog auth config`` writes one, see
+docs/security.md) and :class:`ServerTls` files; the monitoring port stays plain HTTP on
+loopback, so the health checks need no credentials.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 HOST = "127.0.0.1"
@@ -31,6 +36,25 @@ POLL_FIRST, POLL_MAX = 0.01, 0.2  # health polling backs off between these (seco
 
 # Ports this process has handed out, never twice: a stopped server's port stays its own.
 _issued_ports: set[int] = set()
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """TLS on the client port: the server's certificate and key (PEM); with ``ca`` and
+    ``verify``, clients must present a certificate that ``ca`` signed."""
+
+    cert: Path
+    key: Path
+    ca: Path | None = None
+    verify: bool = False
+
+    def config(self) -> str:
+        lines = [f"  cert_file: {json.dumps(str(self.cert))}", f"  key_file: {json.dumps(str(self.key))}"]
+        if self.ca is not None:
+            lines.append(f"  ca_file: {json.dumps(str(self.ca))}")
+        if self.verify:
+            lines.append("  verify: true")
+        return "tls {\n" + "\n".join(lines) + "\n}"
 
 
 class NatsServerError(RuntimeError):
@@ -95,9 +119,13 @@ class NatsServer:
         ports: tuple[int, int] | None = None,
         extra_config: str = "",
         binary: str | None = None,
+        authorization: str = "",
+        tls: ServerTls | None = None,
     ) -> None:
         """``sync_always``: fsync each JetStream write (``sync_interval: always``), not every
-        2 min. ``ports``: (client, monitoring), free if omitted. ``extra_config``: appended."""
+        2 min. ``ports``: (client, monitoring), free if omitted. ``extra_config``: appended.
+        ``authorization``: an ``authorization { ... }`` block (users and permissions),
+        appended; ``tls``: TLS on the client port."""
         self.data_dir = Path(data_dir)
         self.config_path = self.data_dir / "nats.conf"
         self.log_path = self.data_dir / "nats.log"
@@ -106,6 +134,8 @@ class NatsServer:
         self.server_name = server_name
         self.port, self.http_port = ports if ports is not None else free_ports(2)
         self.extra_config = extra_config
+        self.authorization = authorization
+        self.tls = tls
         self.binary = binary or find_nats_server()
         self.proc: subprocess.Popen[bytes] | None = None  # kept after exit, for its returncode
 
@@ -129,6 +159,8 @@ class NatsServer:
             f"jetstream {{\n  store_dir: {json.dumps(str(self.data_dir))}",
             *(["  sync_interval: always"] if self.sync_always else []),
             "}",
+            *([self.tls.config()] if self.tls is not None else []),
+            self.authorization,
             self.extra_config,
         ]
         return "\n".join(lines) + "\n"
@@ -139,6 +171,9 @@ class NatsServer:
         if self.running:
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # The config may hold passwords (authorization): readable by its owner only.
+        self.config_path.touch(mode=0o600)
+        self.config_path.chmod(0o600)
         self.config_path.write_text(self.config_text())
         argv = [self.binary, "-c", str(self.config_path)]
         with open(self.log_path, "ab") as log:  # the child keeps its own descriptor

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from materializer.backends.doltlite import child_env
@@ -16,14 +16,28 @@ STOP_TIMEOUT_S = 10.0
 
 
 class PeerProcess:
-    """``oplog serve`` in a child process, logging to ``<data_dir>/peer.log``."""
+    """``oplog serve`` in a child process, logging to ``<data_dir>/peer.log``.
 
-    def __init__(self, name: str, db: str, nats_url: str, data_dir: Path, *, extra: list[str] | None = None) -> None:
+    ``extra``: more ``oplog serve`` flags (``--nkey FILE``, ``--creds FILE``, ``--tls-ca ...``).
+    ``env``: more environment for the child; pass secrets here (``OPLOG_NATS_PASSWORD``),
+    not in ``extra``, where any user of the host could read them (ps)."""
+
+    def __init__(
+        self,
+        name: str,
+        db: str,
+        nats_url: str,
+        data_dir: Path,
+        *,
+        extra: list[str] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.db = db
         self.nats_url = nats_url
         self.data_dir = Path(data_dir)
         self.extra = extra or []
+        self.env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -42,7 +56,8 @@ class PeerProcess:
         try:
             # doltlite's bootstrap marker must not leak into the child (DESIGN: known hazards).
             self.proc = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, env=child_env(), cwd=os.getcwd(), start_new_session=True
+                args, stdout=log, stderr=subprocess.STDOUT, env={**child_env(), **self.env}, cwd=os.getcwd(),
+                start_new_session=True,
             )
         finally:
             log.close()

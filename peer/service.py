@@ -14,10 +14,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Literal
 
-import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from epoch.sealer import Sealer
 from materializer.agreement import Verdict
@@ -28,12 +27,13 @@ from materializer.faults import FaultDir
 from materializer.hashes import HashBoard
 from materializer.materializer import Materializer
 from materializer.snapshots import SnapshotInfo, SnapshotPolicy
+from oplog.connection import NatsOptions
+from oplog.connection import connect as connect_nats
 from oplog.stream import ensure_stream, publish_json
 from oplog.topology import StreamLimits, Topology
 from peer import metrics
 from peer.control import read_config
 
-CONNECT_TIMEOUT_S = 5.0
 # A peer holds an epoch's ops (100k+ objects) while it plans; the default GC
 # thresholds rescan them thousands of times per epoch (measured: decode 2x slower).
 # Every process that runs a peer sets them: the CLI, and the benchmark that measures one.
@@ -47,7 +47,8 @@ class PeerConfig(BaseModel):
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
     db: str
-    nats_url: str = "nats://127.0.0.1:4222"
+    # How to reach NATS; ``nats_url="nats://..."`` is still accepted and becomes ``nats``.
+    nats: NatsOptions = NatsOptions()
     data_dir: Path
     backend: Literal["doltlite", "dolt-server"] = "doltlite"
     dolt_host: str = "127.0.0.1"
@@ -67,6 +68,18 @@ class PeerConfig(BaseModel):
     # Crash tests only: a directory whose files hold this peer at named commit points.
     fault_dir: Path | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _nats_url(cls, data: object) -> object:
+        # Callers from before NatsOptions pass a URL (credentials in it are kept).
+        if isinstance(data, dict) and "nats_url" in data:
+            data = dict(data)
+            url = data.pop("nats_url")
+            if "nats" in data:
+                raise ValueError("give nats (NatsOptions) or nats_url, not both")
+            data["nats"] = NatsOptions(url=url)
+        return data
+
     @property
     def topology(self) -> Topology:
         return Topology(db=self.db, limits=StreamLimits(replicas=self.replicas))
@@ -84,15 +97,12 @@ def make_backend(config: PeerConfig) -> Backend:
     return DoltServerBackend(host=config.dolt_host, port=config.dolt_port, user=config.dolt_user, database=config.db)
 
 
-async def connect(url: str, *, name: str) -> Client:
-    """A NATS connection that keeps reconnecting (a cluster node may restart)."""
-    return await nats.connect(
-        servers=url.split(","),
-        name=name,
-        connect_timeout=CONNECT_TIMEOUT_S,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.2,
-    )
+async def connect(nats: str | NatsOptions, *, name: str) -> Client:
+    """A NATS connection that keeps reconnecting (a cluster node may restart).
+
+    ``nats`` is a URL (tests, tools) or the full :class:`~oplog.connection.NatsOptions`
+    (credentials, TLS). A refused login raises :class:`~oplog.errors.NatsAuthError` at once."""
+    return await connect_nats(NatsOptions.coerce(nats), name=name)
 
 
 START_TIMEOUT_S = 60.0
@@ -119,9 +129,9 @@ async def _settled(step: Callable[[], Awaitable[None]], what: str, log: logging.
 
 
 @contextlib.asynccontextmanager
-async def connected(url: str, *, name: str = "oplog") -> AsyncIterator[Client]:
+async def connected(nats: str | NatsOptions, *, name: str = "oplog") -> AsyncIterator[Client]:
     """:func:`connect`, closed on the way out."""
-    nc = await connect(url, name=name)
+    nc = await connect(nats, name=name)
     try:
         yield nc
     finally:
@@ -158,7 +168,7 @@ async def run_peer(
     log = logger or logging.getLogger(f"oplog.peer.{config.name}")
     topology = config.topology
     async with contextlib.AsyncExitStack() as stack:
-        nc = await connect(config.nats_url, name=f"oplog-peer-{config.name}")
+        nc = await connect_nats(config.nats, name=f"oplog-peer-{config.name}", logger=log)
         stack.push_async_callback(nc.close)
         js = nc.jetstream()
         await _settled(lambda: ensure_stream(js, topology), "stream", log)
@@ -232,6 +242,7 @@ async def run_peer(
             sealer = Sealer(materializer.seal_state, publish_seal, tick_s=config.seal_tick_s, logger=log)
             sealer.start()
             stack.callback(sealer.stop)
-        log.info("peer %s serving database %s from %s", config.name, config.db, config.nats_url)
+        # display_url: a password or token given in the URL must not reach the log.
+        log.info("peer %s serving database %s from %s", config.name, config.db, config.nats.display_url)
         write_metrics(materializer)
         await materializer.run(stop, between_steps=between_steps)
