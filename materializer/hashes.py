@@ -1,8 +1,9 @@
 """Verification: every peer publishes ``(epoch, commit hash)``; anyone can compare.
 
 Reports live in the KV bucket ``OPLOG_<db>_HASHES`` under ``e.<epoch>.<peer>``;
-``p.<peer>`` holds the peer's latest epoch and ``d.<peer>`` its last divergence (a
-JSON record, deleted again when the peer repaired). :meth:`HashBoard.collect` groups
+``p.<peer>`` holds the peer's latest epoch, ``d.<peer>`` its last divergence (a
+JSON record, deleted again when the peer repaired) and ``h.<peer>`` its heartbeat (a
+JSON record rewritten every few seconds while it runs: see :class:`Heartbeat`). :meth:`HashBoard.collect` groups
 recent reports per epoch; :meth:`HashBoard.reports` reads one epoch's.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import orjson
+from pydantic import BaseModel, ConfigDict
 from nats.js import JetStreamContext
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError
 
@@ -26,6 +28,26 @@ class EpochAgreement:
     @property
     def agree(self) -> bool:
         return len(set(self.hashes.values())) <= 1
+
+
+class Heartbeat(BaseModel):
+    """What a running peer says about itself every ``--check-interval`` (``h.<peer>``).
+
+    Read by ``oplog status``: a peer whose heartbeat is older than a few intervals is
+    down; one whose last epoch trails the newest seal is lagging."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    at_ms: int  # when this heartbeat was written (the peer's clock)
+    interval_ms: int  # how often the peer writes one
+    epoch: int  # its last committed epoch (-1: none yet)
+    commit_hash: str = ""
+    committed_at_ms: int = 0  # when it made that commit
+    applied: int = 0  # ops applied since the peer started
+    rejected: int = 0  # ops and messages rejected since the peer started
+    ops_per_s: float = 0.0  # applied ops per second over the last interval
+    lag_messages: int = 0  # stream messages after the last one it read
+    started_ms: int = 0
 
 
 class HashBoard:
@@ -45,6 +67,15 @@ class HashBoard:
         kv = await self._bucket()
         await kv.put(f"e.{epoch}.{peer}", commit_hash.encode())
         await kv.put(f"p.{peer}", str(epoch).encode())
+
+    async def heartbeat(self, peer: str, beat: Heartbeat) -> None:
+        kv = await self._bucket()
+        await kv.put(f"h.{peer}", beat.model_dump_json().encode())
+
+    async def heartbeats(self, peers: list[str]) -> dict[str, Heartbeat]:
+        """``peer -> its last heartbeat`` for the peers among ``peers`` that wrote one."""
+        found = await self._values({p: f"h.{p}" for p in peers})
+        return {peer: Heartbeat.model_validate_json(value) for peer, value in found.items()}
 
     async def peers(self) -> list[str]:
         """Every peer that ever reported, including peers that are down now."""

@@ -10,7 +10,9 @@ proposals, heartbeats) never waits on the database.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +46,23 @@ class Committed:
     rejected: int
 
 
+@dataclass(frozen=True)
+class EpochReport:
+    """What one epoch commit did, for metrics (``Materializer(on_epoch=...)``)."""
+
+    epoch: int
+    commit_hash: str
+    applied: int
+    duplicates: int
+    late: int
+    rejections: dict[str, int]  # reason -> count
+    seconds: float  # planning plus the Dolt commit
+    due_ms: int  # when the epoch could be sealed at the earliest: its end plus grace
+
+
+OnEpoch = Callable[[EpochReport], None]
+
+
 class Materializer:
     """Reads one database's stream and commits its sealed epochs into ``backend``."""
 
@@ -60,6 +79,7 @@ class Materializer:
         logger: logging.Logger | None = None,
         faults: FaultPoints | None = None,
         choose_snapshot: ChooseSnapshot | None = None,
+        on_epoch: OnEpoch | None = None,
     ) -> None:
         """``choose_snapshot`` picks the snapshot a new (or purged-past) peer installs;
         the peer service passes one that trusts only a snapshot whose hash a majority
@@ -82,6 +102,7 @@ class Materializer:
         if faults is not None:
             backend.faults = faults
         self._choose_snapshot = choose_snapshot or self.snapshots.latest
+        self._on_epoch = on_epoch
 
     async def start(self) -> None:
         """Open the database (bootstrapping it if new) and position the reader."""
@@ -136,6 +157,11 @@ class Materializer:
         if self._reader is not None:
             await self._reader.close()
         await asyncio.to_thread(self.backend.close)
+
+    @property
+    def lag_messages(self) -> int:
+        """Stream messages after the last one this peer read (0 when it is current)."""
+        return self._reader.pending if self._reader is not None else 0
 
     def roster(self) -> tuple[str, ...] | None:
         """The peers an admin declared to count toward agreement, as read so far (None: none)."""
@@ -204,9 +230,25 @@ class Materializer:
         await self._position()
 
     async def _commit(self, sealed: SealedEpoch) -> Committed:
+        started = time.perf_counter()
         commit_hash, plan = await asyncio.to_thread(self._plan_and_commit, sealed)
+        seconds = time.perf_counter() - started
         committed = Committed(sealed.epoch, commit_hash, plan.epoch.applied, plan.epoch.rejected)
         self.last = committed
+        if self._on_epoch is not None:
+            timeline = self.assigner.timeline
+            self._on_epoch(
+                EpochReport(
+                    epoch=sealed.epoch,
+                    commit_hash=commit_hash,
+                    applied=plan.epoch.applied,
+                    duplicates=plan.epoch.duplicates,
+                    late=plan.epoch.late,
+                    rejections=dict(collections.Counter(r.reason for r in plan.rejections)),
+                    seconds=seconds,
+                    due_ms=timeline.seal_due_ms(sealed.epoch) if timeline is not None else sealed.end_ms,
+                )
+            )
         self._log.info(
             "epoch %d committed %s: %d ops, %d rejected, %d duplicates",
             sealed.epoch,

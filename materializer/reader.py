@@ -74,6 +74,7 @@ class StreamReader:
         self._subject = subject or topology.all_subjects
         self._log = logger or logging.getLogger(__name__)
         self._sub: Subscription | None = None
+        self.pending = 0  # messages in the stream after the last one read (server's count)
         self._inbox = ""
         self._next_subject = ""
         self._consumer: str | None = None
@@ -145,6 +146,9 @@ class StreamReader:
             self.next_seq = seq + 1
         if out:
             self._repairs = 0
+        if msgs:
+            # The server's count of messages after the last one delivered: how far behind.
+            self.pending = msgs[-1].metadata.num_pending
         return out
 
     async def _pull(self, sub: Subscription) -> list[Msg]:

@@ -25,7 +25,7 @@ from materializer.buckets import CLUSTER_SETTLING
 from materializer.divergence import DivergenceWatch, Repairer, verified_snapshot
 from materializer.faults import FaultDir
 from materializer.hashes import HashBoard
-from materializer.materializer import Materializer
+from materializer.materializer import EpochReport, Materializer
 from materializer.snapshots import SnapshotInfo, SnapshotPolicy
 from oplog.connection import NatsOptions
 from oplog.connection import connect as connect_nats
@@ -33,6 +33,7 @@ from oplog.stream import ensure_stream, publish_json
 from oplog.topology import StreamLimits, Topology
 from peer import metrics
 from peer.control import read_config
+from peer.heartbeat import Pulse
 
 # A peer holds an epoch's ops (100k+ objects) while it plans; the default GC
 # thresholds rescan them thousands of times per epoch (measured: decode 2x slower).
@@ -67,6 +68,11 @@ class PeerConfig(BaseModel):
     snapshots: SnapshotPolicy | None = None
     # Crash tests only: a directory whose files hold this peer at named commit points.
     fault_dir: Path | None = None
+    # How often the peer writes its heartbeat for `oplog status` (peer/heartbeat.py).
+    heartbeat_s: float = Field(1.0, gt=0)
+    # The Prometheus endpoint (peer/metrics.py); None: the metrics file only.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(None, ge=0, le=65535)
 
     @model_validator(mode="before")
     @classmethod
@@ -138,6 +144,12 @@ async def connected(nats: str | NatsOptions, *, name: str = "oplog") -> AsyncIte
         await nc.close()
 
 
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def trusted_snapshot(
     js: JetStreamContext, topology: Topology, board: HashBoard, materializer: Materializer, config: PeerConfig
 ) -> SnapshotInfo | None:
@@ -176,9 +188,15 @@ async def run_peer(
         metrics_path = config.data_dir / metrics.METRICS_FILE
         config.data_dir.mkdir(parents=True, exist_ok=True)
 
+        peer_metrics = metrics.PeerMetrics(config.db, config.name)
+        if config.metrics_port is not None:
+            port = peer_metrics.serve(config.metrics_host, config.metrics_port)
+            stack.callback(peer_metrics.stop)
+            log.info("metrics at http://%s:%d/metrics", config.metrics_host, port)
+
         def write_metrics(materializer: Materializer) -> None:
-            last = materializer.last.epoch if materializer.last else -1
-            metrics.write(metrics_path, metrics.render(config.name, config.db, last, watch.stats))
+            peer_metrics.progress(materializer.lag_messages, watch.stats)
+            metrics.write(metrics_path, peer_metrics.text())
 
         async def on_commit(epoch: int, commit_hash: str) -> None:
             watch.committed(epoch, commit_hash)
@@ -186,6 +204,10 @@ async def run_peer(
                 await board.report(config.name, epoch, commit_hash)
             except Exception as e:  # verification must not stop materializing
                 log.warning("could not report epoch %d: %s", epoch, e)
+
+        def on_epoch(report: EpochReport) -> None:
+            peer_metrics.committed(report, time.time())
+            pulse.observe(report)
 
         # Created before the materializer, whose commits it hears of; reads its roster.
         watch = DivergenceWatch(
@@ -201,6 +223,10 @@ async def run_peer(
             logger=log,
             faults=FaultDir(config.fault_dir) if config.fault_dir is not None else None,
             choose_snapshot=lambda: trusted_snapshot(js, topology, board, materializer, config),
+            on_epoch=on_epoch,
+        )
+        pulse = Pulse(
+            board, config.name, interval_s=config.heartbeat_s, lag=lambda: materializer.lag_messages, logger=log
         )
         stack.push_async_callback(materializer.close)
         await _settled(materializer.start, "start-up", log)
@@ -245,4 +271,6 @@ async def run_peer(
         # display_url: a password or token given in the URL must not reach the log.
         log.info("peer %s serving database %s from %s", config.name, config.db, config.nats.display_url)
         write_metrics(materializer)
+        heartbeat = asyncio.create_task(pulse.run(), name=f"oplog-heartbeat-{config.name}")
+        stack.push_async_callback(_cancelled, heartbeat)
         await materializer.run(stop, between_steps=between_steps)

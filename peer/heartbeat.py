@@ -1,0 +1,95 @@
+"""A running peer's heartbeat on the hash board, for ``oplog status``.
+
+Written from its own task on the event loop, not between materializer steps, so a
+peer committing one long epoch (catching up, say) still shows as up: the commit runs
+in a worker thread and the loop stays free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from materializer.hashes import HashBoard, Heartbeat
+from materializer.materializer import EpochReport
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Pulse:
+    """Counts what a peer commits and writes its :class:`Heartbeat` every ``interval_s``."""
+
+    def __init__(
+        self,
+        board: HashBoard,
+        peer: str,
+        *,
+        interval_s: float,
+        lag: Callable[[], int],
+        logger: logging.Logger,
+        clock_ms: Callable[[], int] = now_ms,
+    ) -> None:
+        self._board = board
+        self._peer = peer
+        self._interval_s = interval_s
+        self._lag = lag
+        self._log = logger
+        self._clock_ms = clock_ms
+        self._started_ms = clock_ms()
+        self.epoch = -1
+        self.commit_hash = ""
+        self.committed_at_ms = 0
+        self.applied = 0
+        self.rejected = 0
+        self._last_beat: tuple[int, int] | None = None  # (at_ms, applied) of the previous heartbeat
+        self._failing = False
+
+    def observe(self, report: EpochReport) -> None:
+        """Count one epoch commit (the materializer's ``on_epoch``)."""
+        self.epoch = report.epoch
+        self.commit_hash = report.commit_hash
+        self.committed_at_ms = self._clock_ms()
+        self.applied += report.applied
+        self.rejected += sum(report.rejections.values())
+
+    def beat(self) -> Heartbeat:
+        """The heartbeat to write now; the rate is over the time since the previous one."""
+        at = self._clock_ms()
+        rate = 0.0
+        if self._last_beat is not None and at > self._last_beat[0]:
+            rate = (self.applied - self._last_beat[1]) * 1000 / (at - self._last_beat[0])
+        self._last_beat = (at, self.applied)
+        return Heartbeat(
+            at_ms=at,
+            interval_ms=round(self._interval_s * 1000),
+            epoch=self.epoch,
+            commit_hash=self.commit_hash,
+            committed_at_ms=self.committed_at_ms,
+            applied=self.applied,
+            rejected=self.rejected,
+            ops_per_s=round(rate, 1),
+            lag_messages=self._lag(),
+            started_ms=self._started_ms,
+        )
+
+    async def run(self) -> None:
+        """Write a heartbeat every ``interval_s`` until cancelled; a failed write is
+        logged once per change of state (NATS down, NATS back), never per try."""
+        while True:
+            try:
+                await self._board.heartbeat(self._peer, self.beat())
+                if self._failing:
+                    self._log.info("heartbeat: writing to the hash board again")
+                    self._failing = False
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the board is best effort; materializing goes on
+                if not self._failing:
+                    self._log.warning("heartbeat: cannot write to the hash board (%s); will keep trying",
+                                      type(e).__name__)  # fmt: skip
+                    self._failing = True
+            await asyncio.sleep(self._interval_s)
