@@ -288,6 +288,13 @@ async def connect(
                 raise NatsAuthError(f"NATS at {where} refused the credentials ({options.describe_auth()}): "
                                     f"{options.scrub(reason)}; check them against the server's authorization "
                                     "config (docs/security.md)")  # fmt: skip
+            if "maximum control line exceeded" in str(error).lower():
+                # Operator mode: the CONNECT line carries the user's JWT, which holds its
+                # permissions; a peer's can outgrow the server's default limit (4 KB).
+                raise NatsAuthError(f"NATS at {where} refused the CONNECT line of {options.describe_auth()} as "
+                                    "too long (maximum control line exceeded): the user JWT and its permissions "
+                                    "exceed the server's max_control_line; set max_control_line: 16KB in its "
+                                    "config (docs/security.md)")  # fmt: skip
             if _tls_failure(error):
                 raise NatsAuthError(f"TLS with NATS at {where} failed: {options.scrub(str(error))}; check "
                                     "tls_ca (the CA that signed the server's certificate) and, if the server "
@@ -311,7 +318,7 @@ async def connect(
         phase[0] = "failed"
         await _discard(nc)
         raise
-    except (TimeoutError, asyncio.TimeoutError):
+    except TimeoutError:  # asyncio.wait_for: start_wait_s passed
         phase[0] = "failed"
         await _discard(nc)
         why = options.scrub(repr(last[0])) if last else "no answer"

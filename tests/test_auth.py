@@ -9,7 +9,9 @@ is stopped in a ``finally``. TLS certificates are made at test time with ``opens
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -22,6 +24,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import nats.errors
+import nkeys
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -31,7 +34,17 @@ from oplog.connection import NatsOptions, connect, redact
 from oplog.errors import NatsAuthError
 from oplog.stream import publish_json
 from oplog.topology import Topology
-from peer.auth import Plan, build_users, new_nkey_seed, peer_permissions, producer_permissions, public_nkey, render
+from peer.auth import (
+    Permissions,
+    Plan,
+    admin_permissions,
+    build_users,
+    new_nkey_seed,
+    peer_permissions,
+    producer_permissions,
+    public_nkey,
+    render,
+)
 from peer.cli import build_parser, nats_options
 from peer.natsd import NatsServer, ServerTls, find_nats_server
 from peer.processes import PeerProcess
@@ -429,3 +442,107 @@ def test_auth_config_writes_a_block_nats_server_accepts_and_keeps_credentials(tm
     # A config a server runs with, for one database: the admin may connect.
     result = oplog_cli("auth", "config", "--db", "t", "--method", "password", "--credentials-dir", str(tmp_path / "pw"))
     assert result.returncode == 0 and "authorization {" in result.stdout and "admin admin:" in result.stderr
+
+
+# ---- operator mode: .creds files (user JWT + seed), made here with nkeys ----
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _keys(prefix: int) -> tuple[nkeys.KeyPair, str]:
+    seed = bytes(nkeys.encode_seed(os.urandom(32), prefix))
+    pair = nkeys.from_seed(bytearray(seed))
+    return pair, seed.decode()
+
+
+def _jwt(signer: nkeys.KeyPair, subject: str, name: str, claims: dict[str, object]) -> str:
+    """A NATS JWT (v2) for ``subject``, signed by ``signer`` (what ``nsc`` makes)."""
+    body = {"iat": int(time.time()), "iss": signer.public_key.decode(), "name": name, "sub": subject,
+            "nats": {**claims, "version": 2}}  # fmt: skip
+    body["jti"] = base64.b32encode(hashlib.sha256(json.dumps(body).encode()).digest()).decode().rstrip("=")
+    head, payload = _b64(b'{"typ":"JWT","alg":"ed25519-nkey"}'), _b64(json.dumps(body).encode())
+    return f"{head}.{payload}.{_b64(signer.sign(f'{head}.{payload}'.encode()))}"
+
+
+UNLIMITED = {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1, "wildcards": True, "conn": -1,
+             "leaf": -1}  # fmt: skip
+
+
+class Operator:
+    """An operator, a system account and one JetStream account, preloaded in the server config."""
+
+    def __init__(self) -> None:
+        self.operator, _ = _keys(nkeys.PREFIX_BYTE_OPERATOR)
+        self.account, _ = _keys(nkeys.PREFIX_BYTE_ACCOUNT)
+        system, _ = _keys(nkeys.PREFIX_BYTE_ACCOUNT)
+        op = self.operator.public_key.decode()
+        self.accounts = {
+            self.account.public_key.decode(): _jwt(self.operator, self.account.public_key.decode(), "oplog", {
+                "type": "account", "default_permissions": {"pub": {}, "sub": {}},
+                "limits": {**UNLIMITED, "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1}}),
+            system.public_key.decode(): _jwt(self.operator, system.public_key.decode(), "SYS",
+                                             {"type": "account", "limits": UNLIMITED}),
+        }  # fmt: skip
+        self.config = "\n".join([
+            f"operator: {json.dumps(_jwt(self.operator, op, 'op', {'type': 'operator'}))}",
+            f"system_account: {system.public_key.decode()}",
+            "resolver: MEMORY",
+            "resolver_preload: {",
+            *(f"  {key}: {json.dumps(token)}" for key, token in self.accounts.items()),
+            "}",
+        ])  # fmt: skip
+
+    def creds(self, path: Path, name: str, permissions: Permissions, *, account: nkeys.KeyPair | None = None) -> Path:
+        """A .creds file for user ``name`` with ``permissions``, signed by ``account`` (ours by default)."""
+        user, seed = _keys(nkeys.PREFIX_BYTE_USER)
+        token = _jwt(account or self.account, user.public_key.decode(), name, {
+            "type": "user", "subs": -1, "data": -1, "payload": -1,
+            "pub": {"allow": list(permissions.publish)}, "sub": {"allow": list(permissions.subscribe)}})  # fmt: skip
+        path.write_text(f"-----BEGIN NATS USER JWT-----\n{token}\n------END NATS USER JWT------\n\n"
+                        f"-----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n")  # fmt: skip
+        path.chmod(0o600)
+        return path
+
+
+@pytest.mark.integration
+async def test_role_permissions_in_creds_files_run_a_peer_and_a_producer_in_operator_mode(tmp_path: Path) -> None:
+    operator = Operator()
+    topologies = [TOPOLOGY]
+    admin = operator.creds(tmp_path / "admin.creds", "admin", admin_permissions(topologies))
+    peer = operator.creds(tmp_path / "a.creds", "a", peer_permissions(topologies, "a"))
+    producer = operator.creds(tmp_path / "p.creds", "p", producer_permissions(topologies, ["users"]))
+    stranger, _ = _keys(nkeys.PREFIX_BYTE_ACCOUNT)  # an account the server does not know
+    forged = operator.creds(tmp_path / "x.creds", "x", admin_permissions(topologies), account=stranger)
+    # A peer's permissions make a JWT longer than the default 4 KB CONNECT line.
+    server = NatsServer(tmp_path / "nats", authorization=operator.config + "\nmax_control_line: 16KB")
+    process = PeerProcess("a", "t", server.url, tmp_path / "a", extra=["--creds", str(peer)])
+    try:
+        server.start()
+        error = await refused(server, NatsOptions(creds=forged))
+        assert f"creds file {str(forged)!r}" in str(error)
+        on = ["--db", "t", "--nats", server.url]
+        assert oplog_cli("init", *on, "--creds", str(admin), "--epoch-ms", "500", "--grace-ms", "100").returncode == 0
+        schema = tmp_path / "schema.json"
+        schema.write_text(json.dumps(SCHEMA))
+        assert oplog_cli("publish", *on, "--creds", str(admin), "--schema", str(schema)).returncode == 0
+        process.start()
+        ops = tmp_path / "ops.jsonl"
+        ops.write_text("".join(json.dumps({"table": "users", "key": f"u{i}", "kind": "upsert", "data": {}}) + "\n"
+                               for i in range(5)))  # fmt: skip
+        result = oplog_cli("publish", *on, "--creds", str(producer), str(ops))
+        assert result.returncode == 0, result.stderr
+        epoch = max(json.loads(line)["epoch"] for line in result.stdout.splitlines())
+        async with as_user(server, NatsOptions(creds=admin), "admin") as nc:
+            board = HashBoard(nc.jetstream(), TOPOLOGY)
+            deadline = time.monotonic() + 60
+            while (await board.progress(["a"])).get("a", -(10**9)) < epoch:
+                assert process.running, process.log_tail()
+                assert time.monotonic() < deadline, process.log_tail()
+                await asyncio.sleep(0.1)
+    finally:
+        process.stop()
+        server.stop()
+    assert read_db(process.db_path, "SELECT COUNT(*) FROM users") == [(5,)]
+    assert "violation" not in process.log_path.read_text().lower() + server.log_path.read_text().lower()
