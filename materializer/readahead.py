@@ -21,10 +21,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from materializer.backend import Backend
+from materializer.errors import OpRejected
 from materializer.plan import Key
 from materializer.strategy import RowState
 from oplog.op import OpRecord
-from oplog.schema import TableSchema
+from oplog.schema import ColumnType, TableSchema
 
 MAX_NOTED = 1_000_000  # ops noted between commits before read-ahead stops noting (memory)
 
@@ -71,7 +72,10 @@ class ReadAhead:
             if cached is None or cached[0] is not table:
                 cached = self._rows[name] = (table, {})
             rows = cached[1]
-            todo = [key for key in keys if key not in rows]
+            # Only keys the table can hold: a key the plan will reject (an integer past
+            # 64 bits, the wrong arity or types) cannot be stored, so it has no row, and a
+            # driver may refuse to even bind it in a query.
+            todo = [key for key in keys if key not in rows and self._storable(table, key)]
             if not todo:
                 continue
             try:
@@ -80,6 +84,20 @@ class ReadAhead:
                 pass
             stored = self._backend.read_rows(table, todo)
             rows.update((key, stored.get(key)) for key in todo)
+
+    def _storable(self, table: TableSchema, key: Key) -> bool:
+        if len(key) != len(table.primary_key):
+            return False
+        for name, part in zip(table.primary_key, key, strict=True):
+            column = table.column(name)
+            wanted = str if column is not None and column.type is ColumnType.TEXT else int
+            if type(part) is not wanted:
+                return False
+        try:
+            self._backend.check_key(table, key)
+        except OpRejected:
+            return False
+        return True
 
     def clear(self) -> None:
         """Forget everything read and noted: the database has moved on (a commit)."""

@@ -96,8 +96,10 @@ class Topology(BaseModel):
 
         Producers may be allowed to publish to some tables' subjects only, so an op is
         bound to its subject: one whose body names another table is rejected."""
-        head = f"{self.prefix}.ops."
-        return subject[len(head) :] if subject.startswith(head) else None
+        head = f"{self.prefix}.ops"
+        if subject == head:
+            return ""  # an ops subject naming no table: no op can match it
+        return subject[len(head) + 1 :] if subject.startswith(head + ".") else None
 
     # Buckets beside the stream: peers' (epoch, hash) reports and the shared genesis.
     @property

@@ -11,8 +11,9 @@ float addition is not associative, so the sum would depend on the order.
 
 Each row is the sum of its accepted deltas, so the order ops are folded in does not
 matter and the meta is empty. The one exception is leaving the range a column can
-hold (signed 64-bit for integers; :data:`DECIMAL_DIGITS` significant digits and
-magnitude below ``10**DECIMAL_DIGITS`` for decimals): the op that would push the sum
+hold (signed 64-bit for integers; :data:`DECIMAL_DIGITS` significant digits,
+magnitude below ``10**DECIMAL_DIGITS`` and at most ``MAX_DECIMAL_SCALE`` (30) places
+for decimals, as a decimal column stores them): the op that would push the sum
 out is rejected (``overflow``), and which op that is can depend on the order.
 
 ``delete`` is not accepted. A delete that resets a counter does not commute with
@@ -35,7 +36,7 @@ from typing import Any
 from materializer.errors import OpRejected
 from materializer.strategy import OpLike, RowState, Strategy
 from oplog.op import OpKind
-from oplog.schema import MAX_INTEGER, Column, ColumnType, TableSchema, normalize_value
+from oplog.schema import MAX_DECIMAL_SCALE, MAX_INTEGER, Column, ColumnType, TableSchema, normalize_value
 
 COUNTER_TYPES = frozenset({ColumnType.INTEGER, ColumnType.DECIMAL})
 DECIMAL_DIGITS = 38
@@ -46,9 +47,12 @@ EXACT = decimal.Context(prec=4 * DECIMAL_DIGITS, traps=[decimal.Inexact, decimal
 def _in_range(number: Decimal) -> bool:
     if number.is_zero():
         return True
+    if not -DECIMAL_DIGITS <= number.adjusted() < DECIMAL_DIGITS:
+        return False  # before normalize(): a huge exponent would overflow its context
     _, digits, exponent = number.normalize(EXACT).as_tuple()
     assert isinstance(exponent, int)
-    return len(digits) <= DECIMAL_DIGITS and number.adjusted() < DECIMAL_DIGITS and exponent >= -DECIMAL_DIGITS
+    # At most MAX_DECIMAL_SCALE places: what a decimal column stores (oplog.schema).
+    return len(digits) <= DECIMAL_DIGITS and exponent >= -MAX_DECIMAL_SCALE
 
 
 def _integer_delta(column: Column, delta: Any) -> int:
