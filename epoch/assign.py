@@ -148,6 +148,10 @@ class Assigner:
     config: DatabaseConfig | None = None
     timeline: Timeline | None = None
     roster: Roster | None = None  # the peers that count toward agreement, once an admin declared them
+    # The last config message taken and, if it was rejected, why: a peer reports both in
+    # its heartbeat, so `oplog config set` can tell an operator what became of a change.
+    config_seq: int = 0
+    config_rejected: str = ""
     last_sealed: int = NO_EPOCH
     committed_through: int = NO_EPOCH
     _pending: list[Accepted] = field(default_factory=list)
@@ -214,6 +218,7 @@ class Assigner:
                 body = decode_json(message.payload)
             except CodecError as e:
                 self._reject(message.seq, -1, None, Reason.BAD_CONFIG, str(e), message.payload)
+                self.config_seq, self.config_rejected = message.seq, str(e)
             else:
                 self._apply_config(message.seq, body)
         elif message.kind == "schema":
@@ -350,8 +355,11 @@ class Assigner:
             else:
                 raise ConfigRejected(f"config message type {kind!r} is not 'init', 'change' or 'roster'")
         except (ValidationError, ConfigRejected) as e:
-            detail = str(e).splitlines()[0] if isinstance(e, ValidationError) else str(e)
+            detail = _validation_detail(e) if isinstance(e, ValidationError) else str(e)
             self._reject(seq, -1, None, Reason.BAD_CONFIG, detail, body)
+            self.config_seq, self.config_rejected = seq, detail
+        else:
+            self.config_seq, self.config_rejected = seq, ""
 
     # -- seals -----------------------------------------------------------------------
 
@@ -400,6 +408,12 @@ class Assigner:
 
 
 _tuple_new = tuple.__new__  # builds an Accepted without NamedTuple's Python-level __new__
+
+
+def _validation_detail(error: ValidationError) -> str:
+    """A config validation error in one line: ``field: message`` per problem."""
+    problems = [f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in error.errors()]
+    return "; ".join(problems)
 
 
 def recordable(payload: Any) -> str:

@@ -61,6 +61,12 @@ class Backend(ABC):
     def close(self) -> None:
         """Release connections; idempotent."""
 
+    def interrupt(self) -> None:
+        """Abort a statement another thread is running (a peer stopping in the middle of a
+        commit): the commit fails and rolls back, so the database stays at its previous
+        commit. Safe to call from any thread, at any time; default: nothing to abort."""
+        return None
+
     def __enter__(self) -> Backend:
         self.open()
         return self

@@ -48,6 +48,13 @@ class Heartbeat(BaseModel):
     ops_per_s: float = 0.0  # applied ops per second over the last interval
     lag_messages: int = 0  # stream messages after the last one it read
     started_ms: int = 0
+    # The last config message this peer took, and why it was rejected ("" if accepted),
+    # and the newest timeline segment (first_epoch, start_ms, epoch_ms, grace_ms) in force:
+    # how `oplog config set` learns what became of a change.
+    config_seq: int = 0
+    config_rejected: str = ""
+    instance: str = ""  # one run of the peer: a second peer under the same name differs
+    segment: tuple[int, int, int, int] | None = None
 
 
 class HashBoard:

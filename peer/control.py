@@ -1,7 +1,9 @@
-"""Control-plane helpers for the CLI: initializing a database, reading its config."""
+"""Control-plane helpers for the CLI: initializing a database, reading its config,
+scheduling a config change and learning what the peers made of it."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import orjson
@@ -9,8 +11,10 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from epoch.assign import Assigner, StreamMessage
-from epoch.config import DatabaseConfig, Roster, Timeline
+from epoch.config import ConfigChange, DatabaseConfig, Roster, Timeline
+from materializer.hashes import HashBoard
 from materializer.reader import StreamReader
+from oplog.errors import OplogError
 from oplog.schema import SchemaMessage
 from oplog.stream import ensure_stream, publish_json
 from oplog.topology import Topology
@@ -58,6 +62,88 @@ async def read_config(js: JetStreamContext, topology: Topology, *, wait_s: float
 async def read_timeline(js: JetStreamContext, topology: Topology, *, wait_s: float = 0.5) -> Timeline | None:
     """The epoch timeline as the stream's config messages define it (None before init)."""
     return (await read_config(js, topology, wait_s=wait_s)).timeline
+
+
+# A change must lie past every epoch an op could already be in when the peers read
+# it; seals go on while the command runs, so it aims this much later than the minimum.
+CHANGE_LEAD_MS = 5_000
+
+
+class ChangeRefused(OplogError):
+    """The peers rejected a config change (the reason is theirs, from the stream)."""
+
+
+async def newest_seal(js: JetStreamContext, topology: Topology, timeline: Timeline | None, now_ms: int) -> int | None:
+    """The epoch of the newest seal message, or None; a seal past what the clock allows
+    (a rejected ``bad_seal``) counts as the newest sealable epoch instead."""
+    try:
+        message = await js.get_last_msg(topology.stream, topology.seal_subject)
+        epoch = int(orjson.loads(message.data or b"{}")["epoch"])
+    except (NotFoundError, orjson.JSONDecodeError, KeyError, ValueError, TypeError):
+        return None
+    return min(epoch, timeline.last_sealable(now_ms)) if timeline is not None else epoch
+
+
+async def plan_change(
+    js: JetStreamContext,
+    topology: Topology,
+    *,
+    epoch_ms: int,
+    grace_ms: int,
+    at_epoch: int | None,
+    now_ms: int,
+) -> tuple[ConfigChange, int]:
+    """The change to publish, and the earliest epoch it could have taken effect at.
+
+    The earliest is the assigner's own rule (epoch.config.check_change) applied to the
+    newest seal, plus :data:`CHANGE_LEAD_MS` of epochs for seals that land before the
+    change does. Raises :class:`~oplog.errors.OplogError` if ``at_epoch`` is sooner.
+    """
+    state = await read_config(js, topology)
+    config, timeline = state.config, state.timeline
+    if config is None or timeline is None:
+        raise OplogError(f"database {topology.db} has no config; run `oplog init --db {topology.db}` first")
+    sealed = await newest_seal(js, topology, timeline, now_ms)
+    if sealed is None:
+        raise OplogError(
+            f"database {topology.db} has no sealed epoch yet, and a change needs one to be scheduled after; "
+            "start a peer first (`oplog serve`)"
+        )
+    lead = -(-CHANGE_LEAD_MS // timeline.segments[-1].epoch_ms)
+    earliest = max(sealed + config.max_future_epochs + 2 + lead, timeline.segments[-1].first_epoch + 1)
+    if at_epoch is not None and at_epoch < earliest:
+        raise OplogError(
+            f"epoch {at_epoch} is too soon: ops may already be assigned up to epoch "
+            f"{sealed + config.max_future_epochs} (max_future_epochs {config.max_future_epochs} past the newest "
+            f"seal {sealed}); choose epoch {earliest} or later"
+        )
+    change = ConfigChange(effective_epoch=at_epoch if at_epoch is not None else earliest, epoch_ms=epoch_ms,
+                          grace_ms=grace_ms)  # fmt: skip
+    return change, earliest
+
+
+async def wait_for_change(
+    js: JetStreamContext, topology: Topology, seq: int, change: ConfigChange, poll_s: float = 0.2
+) -> str:
+    """Wait until a peer has taken the config message at ``seq``; the name of the first
+    peer that accepted it. Raises :class:`ChangeRefused` with the peers' reason if it
+    was rejected. Peers say in their heartbeat which config message they took last, and
+    the timeline in force; the decision is the same on every peer, so one is enough.
+    No deadline here: the caller sets one."""
+    board = HashBoard(js, topology)
+    wanted = (change.effective_epoch, change.epoch_ms, change.grace_ms)
+    while True:
+        beats = await board.heartbeats(await board.peers())
+        for name, beat in sorted(beats.items()):
+            if beat.config_seq == seq:
+                if beat.config_rejected:
+                    raise ChangeRefused(beat.config_rejected)
+                return name
+            if beat.config_seq > seq and beat.segment is not None:
+                first, _, ms, grace = beat.segment
+                if (first, ms, grace) == wanted:
+                    return name
+        await asyncio.sleep(poll_s)
 
 
 async def publish_roster(js: JetStreamContext, topology: Topology, roster: Roster) -> int:

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from epoch.assign import Assigner
 from materializer.hashes import HashBoard, Heartbeat
 from materializer.materializer import EpochReport
 
@@ -30,13 +31,17 @@ class Pulse:
         *,
         interval_s: float,
         lag: Callable[[], int],
+        assigner: Callable[[], Assigner],
         logger: logging.Logger,
+        instance: str = "",
         clock_ms: Callable[[], int] = now_ms,
     ) -> None:
         self._board = board
         self._peer = peer
         self._interval_s = interval_s
         self._lag = lag
+        self._assigner = assigner
+        self.instance = instance
         self._log = logger
         self._clock_ms = clock_ms
         self._started_ms = clock_ms()
@@ -63,6 +68,8 @@ class Pulse:
         if self._last_beat is not None and at > self._last_beat[0]:
             rate = (self.applied - self._last_beat[1]) * 1000 / (at - self._last_beat[0])
         self._last_beat = (at, self.applied)
+        assigner = self._assigner()
+        timeline = assigner.timeline
         return Heartbeat(
             at_ms=at,
             interval_ms=round(self._interval_s * 1000),
@@ -74,6 +81,10 @@ class Pulse:
             ops_per_s=round(rate, 1),
             lag_messages=self._lag(),
             started_ms=self._started_ms,
+            config_seq=assigner.config_seq,
+            config_rejected=assigner.config_rejected,
+            segment=tuple(timeline.segments[-1]) if timeline is not None else None,
+            instance=self.instance,
         )
 
     async def run(self) -> None:

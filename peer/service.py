@@ -16,7 +16,7 @@ from typing import Literal
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from epoch.sealer import Sealer
 from materializer.agreement import Verdict
@@ -33,7 +33,9 @@ from oplog.stream import ensure_stream, publish_json
 from oplog.topology import StreamLimits, Topology
 from peer import metrics
 from peer.control import read_config
-from peer.heartbeat import Pulse
+from peer.claims import DataDirLock, claim_name
+from peer.heartbeat import Pulse, now_ms
+from peer.status import DOWN_AFTER_BEATS, DOWN_AFTER_MIN_S
 
 # A peer holds an epoch's ops (100k+ objects) while it plans; the default GC
 # thresholds rescan them thousands of times per epoch (measured: decode 2x slower).
@@ -55,6 +57,7 @@ class PeerConfig(BaseModel):
     dolt_host: str = "127.0.0.1"
     dolt_port: int = 3306
     dolt_user: str = "root"
+    dolt_password: SecretStr = SecretStr("")
     seal: bool = True
     seal_tick_s: float = Field(0.05, gt=0)
     replicas: int = Field(1, ge=1, le=5)
@@ -68,6 +71,9 @@ class PeerConfig(BaseModel):
     snapshots: SnapshotPolicy | None = None
     # Crash tests only: a directory whose files hold this peer at named commit points.
     fault_dir: Path | None = None
+    # After a stop request, how long a peer may finish what it is doing before its
+    # current step is abandoned (see run_peer).
+    stop_grace_s: float = Field(3.0, gt=0)
     # How often the peer writes its heartbeat for `oplog status` (peer/heartbeat.py).
     heartbeat_s: float = Field(1.0, gt=0)
     # The Prometheus endpoint (peer/metrics.py); None: the metrics file only.
@@ -100,7 +106,13 @@ def make_backend(config: PeerConfig) -> Backend:
 
     # The server must run with the DOLT_COMMITTER_DATE every peer uses; the backend refuses
     # one that does not (docs/dolt-server.md).
-    return DoltServerBackend(host=config.dolt_host, port=config.dolt_port, user=config.dolt_user, database=config.db)
+    return DoltServerBackend(
+        host=config.dolt_host,
+        port=config.dolt_port,
+        user=config.dolt_user,
+        password=config.dolt_password.get_secret_value(),
+        database=config.db,
+    )
 
 
 async def connect(nats: str | NatsOptions, *, name: str) -> Client:
@@ -179,12 +191,34 @@ async def run_peer(
     replaces the one ``config`` names (tests use it to inject faults)."""
     log = logger or logging.getLogger(f"oplog.peer.{config.name}")
     topology = config.topology
+    peer_task = asyncio.current_task()
+    assert peer_task is not None
+    busy: list[Materializer] = []  # the materializer, once there is one to interrupt
+
+    async def watchdog() -> None:
+        # A stop is honoured between steps. A peer that is still connecting, waiting for
+        # a cluster or inside a long commit when it comes gets stop_grace_s more, then
+        # its commit is interrupted (rolled back: the database stays at its previous
+        # commit, and a restart resumes there) and the peer is cancelled.
+        await stop.wait()
+        await asyncio.sleep(config.stop_grace_s)
+        log.warning("still busy %.1f s after the stop request: abandoning the current step", config.stop_grace_s)
+        for materializer in busy:
+            materializer.backend.interrupt()
+        peer_task.cancel()
+
     async with contextlib.AsyncExitStack() as stack:
+        lock = stack.enter_context(DataDirLock(config.data_dir))
+        stack.push_async_callback(_cancelled, asyncio.create_task(watchdog(), name=f"oplog-stop-{config.name}"))
         nc = await connect_nats(config.nats, name=f"oplog-peer-{config.name}", logger=log)
         stack.push_async_callback(nc.close)
         js = nc.jetstream()
         await _settled(lambda: ensure_stream(js, topology), "stream", log)
         board = HashBoard(js, topology)
+        down_after_s = max(DOWN_AFTER_MIN_S, DOWN_AFTER_BEATS * config.heartbeat_s)
+        await claim_name(
+            board, config.name, down_after_s=down_after_s, clock_ms=now_ms, previous_instance=lock.previous_instance
+        )
         metrics_path = config.data_dir / metrics.METRICS_FILE
         config.data_dir.mkdir(parents=True, exist_ok=True)
 
@@ -226,9 +260,16 @@ async def run_peer(
             on_epoch=on_epoch,
         )
         pulse = Pulse(
-            board, config.name, interval_s=config.heartbeat_s, lag=lambda: materializer.lag_messages, logger=log
+            board,
+            config.name,
+            interval_s=config.heartbeat_s,
+            lag=lambda: materializer.lag_messages,
+            assigner=lambda: materializer.assigner,
+            logger=log,
+            instance=lock.instance,
         )
         stack.push_async_callback(materializer.close)
+        busy.append(materializer)
         await _settled(materializer.start, "start-up", log)
         repairer = Repairer(
             materializer.snapshots, board, config.name, repair=config.repair, roster=materializer.roster

@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-import orjson
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
@@ -31,7 +30,7 @@ from materializer.agreement import majority
 from materializer.hashes import EpochAgreement, HashBoard, Heartbeat
 from oplog.errors import OplogError
 from oplog.topology import Topology
-from peer.control import read_config
+from peer.control import newest_seal, read_config
 
 DOWN_AFTER_BEATS = 3
 DOWN_AFTER_MIN_S = 3.0
@@ -117,6 +116,10 @@ def assess(
         raise StatusError(f"no peer has reported for database {db!r} yet; start one with `oplog serve --db {db}`")
     names = sorted(set(board_peers) | set(heartbeats) | set(roster or ()))
     counted = set(roster) if roster is not None else set(names)
+    # A peer cannot commit past the newest seal; if one did, the seal read was older.
+    committed = [b.epoch for n, b in heartbeats.items() if n in counted] + [e for n, e in progress.items() if n in counted]
+    if committed and newest_seal is not None:
+        newest_seal = max(newest_seal, *committed)
     strangers = tuple(n for n in names if n not in counted)
     # An epoch's hashes are judged among the counted peers only.
     wrong: dict[str, int] = {}
@@ -186,15 +189,7 @@ async def gather(js: JetStreamContext, topology: Topology, *, now_ms: int, last:
             f"`oplog init --db {topology.db}`"
         ) from None
     config = await read_config(js, topology)
-    newest_seal: int | None = None
-    try:
-        seal = await js.get_last_msg(topology.stream, topology.seal_subject)
-        newest_seal = int(orjson.loads(seal.data or b"{}")["epoch"])
-    except (NotFoundError, orjson.JSONDecodeError, KeyError, ValueError, TypeError):
-        pass  # no seal yet, or a forged one: judged below without it
-    if newest_seal is not None and config.timeline is not None:
-        # A seal past what the clock allows is a rejected one (bad_seal), not progress.
-        newest_seal = min(newest_seal, config.timeline.last_sealable(now_ms))
+    seal = await newest_seal(js, topology, config.timeline, now_ms)
     board = HashBoard(js, topology)
     board_peers = await board.peers()
     roster = config.roster.peers if config.roster is not None else None
@@ -208,6 +203,6 @@ async def gather(js: JetStreamContext, topology: Topology, *, now_ms: int, last:
         progress=await board.progress(everyone),
         epochs=await board.collect(last),
         divergences=await board.divergences(),
-        newest_seal=newest_seal,
+        newest_seal=seal,
         timeline=config.timeline,
     )

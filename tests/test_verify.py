@@ -64,7 +64,9 @@ async def test_verify_recomputes_epochs_and_names_the_peer_that_differs(
         subprocess.run, [sys.executable, "-m", "peer.cli", "status", "--nats", nats_server.url, "--db", "t", "--json"],
         capture_output=True, text=True, env=child_env(), timeout=CLI_TIMEOUT_S,
     )  # fmt: skip
-    assert status.returncode == 1 and set(orjson.loads(status.stdout)["diverged"]) == {"c"}
+    report = orjson.loads(status.stdout)
+    assert status.returncode == 1 and report["verdict"] == "diverged", status.stdout
+    assert {p["name"] for p in report["peers"] if p["diverged"]} == {"c"}
 
     # An epoch nobody sealed: a clear error and exit 2, after the timeout given.
     code, out, err = await asyncio.to_thread(oplog_verify, nats_server.url, "--epoch", "99", "--timeout", "2")

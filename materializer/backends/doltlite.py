@@ -134,6 +134,11 @@ class DoltliteBackend(Backend):
             self._conn.close()
             self._conn = None
 
+    def interrupt(self) -> None:
+        conn = self._conn
+        if conn is not None:
+            conn.interrupt()  # SQLite's own: thread-safe, the running statement fails with "interrupted"
+
     @property
     def conn(self) -> sqlite3.Connection:
         if self._conn is None:

@@ -1,0 +1,93 @@
+"""What every command that talks to NATS shares: connection flags, the database, errors."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from pydantic import ValidationError
+
+from oplog.connection import NatsOptions
+from oplog.connection import connect as connect_nats
+from oplog.errors import OplogError
+from oplog.topology import StreamLimits, Topology
+
+DEFAULT_DB = os.environ.get("OPLOG_DB", "demo")
+# How long a command waits for a NATS server to answer before it gives up with one
+# line; a peer waits longer by default, since its servers may be starting with it.
+COMMAND_CONNECT_WAIT_S = 10.0
+SERVE_CONNECT_WAIT_S = 60.0
+
+
+def add_nats_options(parser: argparse.ArgumentParser, *, connect_wait_s: float = COMMAND_CONNECT_WAIT_S) -> None:
+    """``--nats``, the authentication and TLS flags, ``--db`` and ``--replicas``."""
+    env = os.environ.get
+    parser.add_argument(
+        "--nats",
+        default=NatsOptions.default_url(os.environ),
+        help="NATS URL(s), comma-separated (env OPLOG_NATS_URL, else NATS_URL)",
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=float(env("OPLOG_NATS_CONNECT_TIMEOUT", connect_wait_s)),
+        metavar="S",
+        help=f"give up when no NATS server answers within S seconds (default {connect_wait_s:.0f}; "
+        "env OPLOG_NATS_CONNECT_TIMEOUT)",
+    )
+    # One way to authenticate (docs/security.md). Secrets are best given through the
+    # environment: a command line is visible to every user of the host (ps).
+    auth = parser.add_argument_group("NATS authentication and TLS")
+    auth.add_argument("--user", default=env("OPLOG_NATS_USER"), help="NATS user (env OPLOG_NATS_USER)")
+    auth.add_argument("--password", default=env("OPLOG_NATS_PASSWORD"), help="its password (env OPLOG_NATS_PASSWORD)")
+    auth.add_argument("--token", default=env("OPLOG_NATS_TOKEN"), help="NATS token (env OPLOG_NATS_TOKEN)")
+    auth.add_argument("--creds", type=Path, default=env("OPLOG_NATS_CREDS"),
+                      help="user .creds file, operator mode (env OPLOG_NATS_CREDS)")  # fmt: skip
+    auth.add_argument("--nkey", type=Path, default=env("OPLOG_NATS_NKEY"),
+                      help="NKEY seed file, e.g. from `oplog auth config` (env OPLOG_NATS_NKEY)")  # fmt: skip
+    auth.add_argument("--tls-ca", type=Path, default=env("OPLOG_NATS_TLS_CA"), help="CA of the server's certificate")
+    auth.add_argument("--tls-cert", type=Path, default=env("OPLOG_NATS_TLS_CERT"), help="client certificate")
+    auth.add_argument("--tls-key", type=Path, default=env("OPLOG_NATS_TLS_KEY"), help="client certificate's key")
+    parser.add_argument("--db", default=DEFAULT_DB, help="database name (env OPLOG_DB)")
+    parser.add_argument("--replicas", type=int, default=1, help="stream replicas (3 on a JetStream cluster)")
+
+
+def nats_options(args: argparse.Namespace) -> NatsOptions:
+    """The NATS connection options of a command's flags (see :func:`add_nats_options`)."""
+    fields = {"url": args.nats, "user": args.user, "password": args.password, "token": args.token,
+              "creds": args.creds, "nkey": args.nkey, "tls_ca": args.tls_ca, "tls_cert": args.tls_cert,
+              "tls_key": args.tls_key, "start_wait_s": args.connect_timeout}  # fmt: skip
+    try:
+        return NatsOptions(**{k: v for k, v in fields.items() if v is not None})
+    except ValidationError as e:
+        # Only the messages: pydantic would echo the input, a password included.
+        why = "; ".join(str(err["msg"]).removeprefix("Value error, ") for err in e.errors())
+        raise OplogError(f"NATS options: {why}") from None
+
+
+def topology(args: argparse.Namespace) -> Topology:
+    try:
+        return Topology(db=args.db, limits=StreamLimits(replicas=args.replicas))
+    except ValidationError as e:
+        raise OplogError(str(e.errors()[0]["msg"]).removeprefix("Value error, ")) from None
+
+
+@contextlib.asynccontextmanager
+async def jetstream(args: argparse.Namespace, name: str) -> AsyncIterator[tuple[Client, JetStreamContext]]:
+    """A connection for one command, closed on the way out."""
+    nc = await connect_nats(nats_options(args), name=name, reconnect=False)
+    try:
+        yield nc, nc.jetstream()
+    finally:
+        await nc.close()
+
+
+def say(message: str) -> None:
+    """One line for the operator on stderr (errors and progress, not results)."""
+    print(f"oplog: {message}", file=sys.stderr)
