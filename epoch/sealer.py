@@ -11,6 +11,7 @@ decision, with the clock injected, so tests drive it directly.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -49,6 +50,7 @@ class Sealer:
         self.tick_s = tick_s
         self._log = logger or logging.getLogger(__name__)
         self._proposed = NO_EPOCH
+        self._failing = False  # logged once per change: NATS down, NATS back
         self._scheduler: AsyncIOScheduler | None = None
 
     async def tick(self) -> int | None:
@@ -68,8 +70,16 @@ class Sealer:
     async def _safe_tick(self) -> None:
         try:
             await self.tick()
+        except asyncio.CancelledError:
+            return  # the peer is stopping: end this job quietly
         except Exception as e:  # a failed proposal is retried next tick; another peer may seal
-            self._log.warning("sealer: proposing a seal failed: %s", e)
+            if not self._failing:
+                self._log.warning("sealer: proposing a seal failed (%s); will keep trying", type(e).__name__)
+                self._failing = True
+        else:
+            if self._failing:
+                self._log.info("sealer: proposing seals again")
+                self._failing = False
 
     def start(self) -> None:
         """Run :meth:`tick` every ``tick_s`` on the running event loop."""

@@ -61,9 +61,11 @@ class StreamReader:
         batch: int = DEFAULT_BATCH,
         max_bytes: int = DEFAULT_MAX_BYTES,
         wait_s: float = 0.25,
-        subject: str | None = None,
+        subject: str | tuple[str, ...] | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
+        """``subject``: read only these subjects (one, or several, e.g. the config and
+        seal subjects); default every subject of the database, gap-checked."""
         self._js = js
         self.topology = topology
         self.next_seq = max(1, start_seq)
@@ -92,7 +94,8 @@ class StreamReader:
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=self.next_seq,
             ack_policy=AckPolicy.NONE,
-            filter_subject=self._subject,
+            filter_subject=self._subject if isinstance(self._subject, str) else None,
+            filter_subjects=list(self._subject) if isinstance(self._subject, tuple) else None,
             inactive_threshold=60.0,
             mem_storage=True,
             num_replicas=1,

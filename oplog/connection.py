@@ -303,15 +303,38 @@ async def connect(
             log.debug("NATS %s: connecting: %s", where, options.scrub(repr(error)))
             return
         if (reason := _refusal(error)) is not None:
-            log.error("NATS %s refused the credentials (%s): %s", where, options.describe_auth(), options.scrub(reason))
+            log.error("NATS %s refused the credentials (%s): %s", where, options.scrub(reason), options.describe_auth())
+        elif phase[0] == "disconnected" and isinstance(error, OSError):
+            # Each reconnect attempt fails the same way while the server is down: the
+            # change of state was logged once (on_disconnect), the attempts are not.
+            log.debug("NATS %s: reconnecting: %s", where, options.scrub(repr(error)))
         else:
             log.warning("NATS %s: %s", where, options.scrub(str(error) or repr(error)))
+
+    async def on_disconnect() -> None:
+        if nc.is_closed or nc.is_draining:
+            return  # our own close(), not a lost server
+        if phase[0] == "connected":
+            phase[0] = "disconnected"
+            log.warning("lost the connection to NATS at %s; reconnecting", where)
+
+    async def on_reconnect() -> None:
+        if phase[0] == "disconnected":
+            phase[0] = "connected"
+            log.info("reconnected to NATS at %s", where)
 
     try:
         # Retry forever inside the client (a cluster may still be starting), bounded by
         # start_wait_s here; on_error ends it at once on a refusal.
         await asyncio.wait_for(
-            nc.connect(**kwargs, error_cb=on_error, allow_reconnect=True, max_reconnect_attempts=-1),
+            nc.connect(
+                **kwargs,
+                error_cb=on_error,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+            ),
             options.start_wait_s,
         )
     except NatsAuthError:
@@ -348,3 +371,16 @@ async def _discard(nc: Client) -> None:
         await asyncio.wait_for(nc.close(), 2.0)
     except Exception:  # nothing left to save; the original error is what matters
         pass
+
+
+CLOSE_TIMEOUT_S = 5.0
+
+
+async def close(nc: Client) -> None:
+    """Close ``nc``, bounded and quiet: a connection whose server is gone cannot flush
+    (nats-py raises ConnectionResetError from its drain), and a stopping process must
+    not fail or hang on that."""
+    try:
+        await asyncio.wait_for(nc.close(), CLOSE_TIMEOUT_S)
+    except (OSError, TimeoutError) as e:
+        _log.debug("closing the NATS connection: %r", e)

@@ -68,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # The sealer's job runs every tick; a tick waiting on NATS makes APScheduler log each
+    # skipped run. The sealer logs what matters itself, once per change of state.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
     if args.command == "dev":
         from peer.dev import run_dev
 

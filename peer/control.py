@@ -10,7 +10,7 @@ import orjson
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from epoch.assign import Assigner, StreamMessage
+from epoch.assign import NO_EPOCH, Assigner
 from epoch.config import ConfigChange, DatabaseConfig, Roster, Timeline
 from materializer.hashes import HashBoard
 from materializer.reader import StreamReader
@@ -40,10 +40,15 @@ def default_origin_ms(epoch_ms: int, now_ms: int | None = None) -> int:
 
 
 async def read_config(js: JetStreamContext, topology: Topology, *, wait_s: float = 0.5) -> Assigner:
-    """An assigner fed every config message the stream still holds: its ``config``,
-    ``timeline`` and ``roster`` are the database's as of the stream's end (None where
-    no such message was published, or retention purged it)."""
-    reader = StreamReader(js, topology, 1, wait_s=wait_s, subject=topology.config_subject)
+    """An assigner fed every config and seal message the stream still holds: its
+    ``config``, ``timeline``, ``roster`` and ``last_sealed`` are the database's as of the
+    stream's end (None where no such message was published, or retention purged it).
+
+    Seals are read too because whether a config change is taken depends on the last
+    sealed epoch at its position; ops are not (they decide nothing about config)."""
+    reader = StreamReader(
+        js, topology, 1, wait_s=wait_s, subject=(topology.config_subject, topology.seal_subject)
+    )
     assigner = Assigner()
     try:
         info = await js.stream_info(topology.stream)
@@ -53,7 +58,9 @@ async def read_config(js: JetStreamContext, topology: Topology, *, wait_s: float
             if not batch:
                 break
             for message in batch:
-                assigner.feed(StreamMessage(message.seq, "config", message.payload))
+                assigner.feed(message)
+            if reader.pending == 0:
+                break  # nothing of these subjects after it (the stream's tail is ops)
     finally:
         await reader.close()
     return assigner
@@ -73,15 +80,9 @@ class ChangeRefused(OplogError):
     """The peers rejected a config change (the reason is theirs, from the stream)."""
 
 
-async def newest_seal(js: JetStreamContext, topology: Topology, timeline: Timeline | None, now_ms: int) -> int | None:
-    """The epoch of the newest seal message, or None; a seal past what the clock allows
-    (a rejected ``bad_seal``) counts as the newest sealable epoch instead."""
-    try:
-        message = await js.get_last_msg(topology.stream, topology.seal_subject)
-        epoch = int(orjson.loads(message.data or b"{}")["epoch"])
-    except (NotFoundError, orjson.JSONDecodeError, KeyError, ValueError, TypeError):
-        return None
-    return min(epoch, timeline.last_sealable(now_ms)) if timeline is not None else epoch
+def newest_seal(state: Assigner) -> int | None:
+    """The last epoch sealed in the stream (accepted seals only), or None."""
+    return None if state.last_sealed == NO_EPOCH else state.last_sealed
 
 
 async def plan_change(
@@ -103,7 +104,7 @@ async def plan_change(
     config, timeline = state.config, state.timeline
     if config is None or timeline is None:
         raise OplogError(f"database {topology.db} has no config; run `oplog init --db {topology.db}` first")
-    sealed = await newest_seal(js, topology, timeline, now_ms)
+    sealed = newest_seal(state)
     if sealed is None:
         raise OplogError(
             f"database {topology.db} has no sealed epoch yet, and a change needs one to be scheduled after; "

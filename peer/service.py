@@ -28,6 +28,7 @@ from materializer.hashes import HashBoard
 from materializer.materializer import EpochReport, Materializer
 from materializer.snapshots import SnapshotInfo, SnapshotPolicy
 from oplog.connection import NatsOptions
+from oplog.connection import close as close_nats
 from oplog.connection import connect as connect_nats
 from oplog.stream import ensure_stream, publish_json
 from oplog.topology import StreamLimits, Topology
@@ -211,7 +212,7 @@ async def run_peer(
         lock = stack.enter_context(DataDirLock(config.data_dir))
         stack.push_async_callback(_cancelled, asyncio.create_task(watchdog(), name=f"oplog-stop-{config.name}"))
         nc = await connect_nats(config.nats, name=f"oplog-peer-{config.name}", logger=log)
-        stack.push_async_callback(nc.close)
+        stack.push_async_callback(close_nats, nc)
         js = nc.jetstream()
         await _settled(lambda: ensure_stream(js, topology), "stream", log)
         board = HashBoard(js, topology)

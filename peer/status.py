@@ -189,7 +189,7 @@ async def gather(js: JetStreamContext, topology: Topology, *, now_ms: int, last:
             f"`oplog init --db {topology.db}`"
         ) from None
     config = await read_config(js, topology)
-    seal = await newest_seal(js, topology, config.timeline, now_ms)
+    seal = newest_seal(config)
     board = HashBoard(js, topology)
     board_peers = await board.peers()
     roster = config.roster.peers if config.roster is not None else None

@@ -14,6 +14,7 @@ from nats.js import JetStreamContext
 from pydantic import ValidationError
 
 from oplog.connection import NatsOptions
+from oplog.connection import close as close_nats
 from oplog.connection import connect as connect_nats
 from oplog.errors import OplogError
 from oplog.topology import StreamLimits, Topology
@@ -85,7 +86,7 @@ async def jetstream(args: argparse.Namespace, name: str) -> AsyncIterator[tuple[
     try:
         yield nc, nc.jetstream()
     finally:
-        await nc.close()
+        await close_nats(nc)
 
 
 def say(message: str) -> None:
