@@ -29,6 +29,7 @@ from materializer.plan import plan_epoch, prepare_op
 from materializer.readahead import ReadAhead
 from materializer.reader import StreamReader
 from materializer.snapshots import SnapshotInfo, SnapshotPolicy, SnapshotStore
+from oplog.logcontext import in_epoch
 from oplog.op import OpRecord
 from oplog.schema import TableSchema
 from oplog.topology import Topology
@@ -230,6 +231,10 @@ class Materializer:
         await self._position()
 
     async def _commit(self, sealed: SealedEpoch) -> Committed:
+        with in_epoch(sealed.epoch):
+            return await self._commit_in_context(sealed)
+
+    async def _commit_in_context(self, sealed: SealedEpoch) -> Committed:
         started = time.perf_counter()
         commit_hash, plan = await asyncio.to_thread(self._plan_and_commit, sealed)
         seconds = time.perf_counter() - started

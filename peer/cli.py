@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import doltlite  # noqa: F401  (must be imported before anything imports sqlite3
 
 from materializer.errors import Divergence
 from oplog.errors import OplogError
+from peer import logs
 from peer.commands import database, inspect, publish, serve
 from peer.service import GC_THRESHOLDS
 
@@ -35,6 +37,12 @@ EXIT_ERROR = 2
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oplog", description="Operations on NATS JetStream, materialized as one identical Dolt commit per epoch.")
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=os.environ.get("OPLOG_LOG_FORMAT", "text"),
+        help="log lines as text or as one JSON object each (env OPLOG_LOG_FORMAT)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for module in (database, serve, publish, inspect):
         module.register(sub)
@@ -64,10 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     gc.set_threshold(*GC_THRESHOLDS)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(level=logging.DEBUG if args.verbose else logging.INFO, json=args.log_format == "json")
     # The sealer's job runs every tick; a tick waiting on NATS makes APScheduler log each
     # skipped run. The sealer logs what matters itself, once per change of state.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)

@@ -104,3 +104,37 @@ class Pulse:
                                       type(e).__name__)  # fmt: skip
                     self._failing = True
             await asyncio.sleep(self._interval_s)
+
+
+class CatchUp:
+    """Progress lines while a peer reads far behind the stream's end (a restart after a
+    long stop, a new peer): one every ``every_s`` with the rate and an estimate, and one
+    when it has caught up. Quiet while the peer is current."""
+
+    def __init__(
+        self, logger: logging.Logger, *, behind: int = 10_000, every_s: float = 5.0, clock_s: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._log = logger
+        self._behind = behind
+        self._every_s = every_s
+        self._clock_s = clock_s
+        self._last: tuple[float, int] | None = None  # (when, lag) of the last progress line
+
+    def observe(self, lag_messages: int, epoch: int | None) -> None:
+        now = self._clock_s()
+        if self._last is None:
+            if lag_messages >= self._behind:
+                self._last = (now, lag_messages)
+                self._log.info("catching up: %d messages behind the stream's end, at epoch %s", lag_messages, epoch)
+            return
+        if lag_messages == 0:
+            self._log.info("caught up at epoch %s", epoch)
+            self._last = None
+            return
+        when, lag = self._last
+        if now - when >= self._every_s:
+            rate = max(0.0, (lag - lag_messages) / (now - when))
+            eta = f", about {lag_messages / rate:.0f} s to go" if rate > 0 else ""
+            self._log.info("catching up: %d messages behind, at epoch %s, %.0f messages/s%s",
+                           lag_messages, epoch, rate, eta)  # fmt: skip
+            self._last = (now, lag_messages)

@@ -32,10 +32,10 @@ from oplog.connection import close as close_nats
 from oplog.connection import connect as connect_nats
 from oplog.stream import ensure_stream, publish_json
 from oplog.topology import StreamLimits, Topology
-from peer import metrics
+from peer import logs, metrics
 from peer.control import read_config
 from peer.claims import DataDirLock, claim_name
-from peer.heartbeat import Pulse, now_ms
+from peer.heartbeat import CatchUp, Pulse, now_ms
 from peer.status import DOWN_AFTER_BEATS, DOWN_AFTER_MIN_S
 
 # A peer holds an epoch's ops (100k+ objects) while it plans; the default GC
@@ -191,6 +191,7 @@ async def run_peer(
     with a majority of peers and it may not (or cannot) repair itself. ``backend``
     replaces the one ``config`` names (tests use it to inject faults)."""
     log = logger or logging.getLogger(f"oplog.peer.{config.name}")
+    logs.set_context(db=config.db, peer=config.name)
     topology = config.topology
     peer_task = asyncio.current_task()
     assert peer_task is not None
@@ -229,7 +230,10 @@ async def run_peer(
             stack.callback(peer_metrics.stop)
             log.info("metrics at http://%s:%d/metrics", config.metrics_host, port)
 
+        catch_up = CatchUp(log)
+
         def write_metrics(materializer: Materializer) -> None:
+            catch_up.observe(materializer.lag_messages, materializer.last.epoch if materializer.last else None)
             peer_metrics.progress(materializer.lag_messages, watch.stats)
             metrics.write(metrics_path, peer_metrics.text())
 
