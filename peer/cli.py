@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import gc
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import doltlite  # noqa: F401  (must be imported before anything imports sqlite3
 
 from materializer.errors import Divergence
 from oplog.errors import OplogError
-from peer import logs
+from peer import logs, settings
 from peer.commands import database, inspect, publish, serve
 from peer.service import GC_THRESHOLDS
 
@@ -36,12 +35,15 @@ EXIT_ERROR = 2
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oplog", description="Operations on NATS JetStream, materialized as one identical Dolt commit per epoch.")
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE", help="a TOML file of options (env OPLOG_CONFIG; see docs/cli.md)"
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     parser.add_argument(
         "--log-format",
         choices=["text", "json"],
-        default=os.environ.get("OPLOG_LOG_FORMAT", "text"),
-        help="log lines as text or as one JSON object each (env OPLOG_LOG_FORMAT)",
+        default="text",
+        help="log lines as text or as one JSON object each",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     for module in (database, serve, publish, inspect):
@@ -70,7 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    try:
+        # Environment and config file become the options' defaults; flags still win.
+        settings.configure(parser, argv)
+    except OplogError as e:
+        print(f"oplog: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    args = parser.parse_args(argv)
     gc.set_threshold(*GC_THRESHOLDS)
     logs.configure(level=logging.DEBUG if args.verbose else logging.INFO, json=args.log_format == "json")
     # The sealer's job runs every tick; a tick waiting on NATS makes APScheduler log each

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,13 +12,13 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 
-from oplog.connection import NatsOptions
+from oplog.connection import DEFAULT_URL, NatsOptions
 from oplog.connection import close as close_nats
 from oplog.connection import connect as connect_nats
 from oplog.errors import OplogError
 from oplog.topology import StreamLimits, Topology
 
-DEFAULT_DB = os.environ.get("OPLOG_DB", "demo")
+DEFAULT_DB = "demo"
 # How long a command waits for a NATS server to answer before it gives up with one
 # line; a peer waits longer by default, since its servers may be starting with it.
 COMMAND_CONNECT_WAIT_S = 10.0
@@ -28,34 +27,28 @@ SERVE_CONNECT_WAIT_S = 60.0
 
 def add_nats_options(parser: argparse.ArgumentParser, *, connect_wait_s: float = COMMAND_CONNECT_WAIT_S) -> None:
     """``--nats``, the authentication and TLS flags, ``--db`` and ``--replicas``."""
-    env = os.environ.get
-    parser.add_argument(
-        "--nats",
-        default=NatsOptions.default_url(os.environ),
-        help="NATS URL(s), comma-separated (env OPLOG_NATS_URL, else NATS_URL)",
-    )
+    # Defaults here are the built-in ones; the environment and a config file are applied
+    # over them by peer.settings (OPLOG_NATS_URL, else NATS_URL, for --nats).
+    parser.add_argument("--nats", default=DEFAULT_URL, help="NATS URL(s), comma-separated")
     parser.add_argument(
         "--connect-timeout",
         type=float,
-        default=float(env("OPLOG_NATS_CONNECT_TIMEOUT", connect_wait_s)),
+        default=connect_wait_s,
         metavar="S",
-        help=f"give up when no NATS server answers within S seconds (default {connect_wait_s:.0f}; "
-        "env OPLOG_NATS_CONNECT_TIMEOUT)",
+        help=f"give up when no NATS server answers within S seconds (default {connect_wait_s:.0f})",
     )
     # One way to authenticate (docs/security.md). Secrets are best given through the
     # environment: a command line is visible to every user of the host (ps).
     auth = parser.add_argument_group("NATS authentication and TLS")
-    auth.add_argument("--user", default=env("OPLOG_NATS_USER"), help="NATS user (env OPLOG_NATS_USER)")
-    auth.add_argument("--password", default=env("OPLOG_NATS_PASSWORD"), help="its password (env OPLOG_NATS_PASSWORD)")
-    auth.add_argument("--token", default=env("OPLOG_NATS_TOKEN"), help="NATS token (env OPLOG_NATS_TOKEN)")
-    auth.add_argument("--creds", type=Path, default=env("OPLOG_NATS_CREDS"),
-                      help="user .creds file, operator mode (env OPLOG_NATS_CREDS)")  # fmt: skip
-    auth.add_argument("--nkey", type=Path, default=env("OPLOG_NATS_NKEY"),
-                      help="NKEY seed file, e.g. from `oplog auth config` (env OPLOG_NATS_NKEY)")  # fmt: skip
-    auth.add_argument("--tls-ca", type=Path, default=env("OPLOG_NATS_TLS_CA"), help="CA of the server's certificate")
-    auth.add_argument("--tls-cert", type=Path, default=env("OPLOG_NATS_TLS_CERT"), help="client certificate")
-    auth.add_argument("--tls-key", type=Path, default=env("OPLOG_NATS_TLS_KEY"), help="client certificate's key")
-    parser.add_argument("--db", default=DEFAULT_DB, help="database name (env OPLOG_DB)")
+    auth.add_argument("--user", help="NATS user")
+    auth.add_argument("--password", help="its password (better given as OPLOG_NATS_PASSWORD)")
+    auth.add_argument("--token", help="NATS token (better given as OPLOG_NATS_TOKEN)")
+    auth.add_argument("--creds", type=Path, help="user .creds file, operator mode")
+    auth.add_argument("--nkey", type=Path, help="NKEY seed file, e.g. from `oplog auth config`")
+    auth.add_argument("--tls-ca", type=Path, help="CA of the server's certificate")
+    auth.add_argument("--tls-cert", type=Path, help="client certificate")
+    auth.add_argument("--tls-key", type=Path, help="client certificate's key")
+    parser.add_argument("--db", default=DEFAULT_DB, help="database name")
     parser.add_argument("--replicas", type=int, default=1, help="stream replicas (3 on a JetStream cluster)")
 
 

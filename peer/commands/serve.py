@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 from pathlib import Path
 
@@ -25,8 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--dolt-host", default="127.0.0.1", help="dolt sql-server host (backend dolt-server)")
     p.add_argument("--dolt-port", type=int, default=3306, help="dolt sql-server port (backend dolt-server)")
     p.add_argument("--dolt-user", default="root", help="dolt sql-server user (backend dolt-server)")
-    p.add_argument("--dolt-password", default=os.environ.get("OPLOG_DOLT_PASSWORD", ""),
-                   help="its password (env OPLOG_DOLT_PASSWORD)")  # fmt: skip
+    p.add_argument("--dolt-password", default="", help="its password (better given as OPLOG_DOLT_PASSWORD)")
     p.add_argument("--no-seal", action="store_true", help="do not propose seals (another peer does)")
     p.add_argument(
         "--snapshot-every", type=int, metavar="N", help="offer a snapshot of every N-th epoch to joining peers"
