@@ -24,6 +24,9 @@ small object per op, and ``asyncio.gather`` over those adds per-op work of its o
 
 The producer does not know epochs (that is the ``epoch`` package's business): the
 caller may pass ``epoch_of`` to have receipts name the epoch an op belongs to.
+:meth:`Producer.connect` does that itself: it connects, reads the database's config
+from the stream (:mod:`oplog.epochs`, decisions.md #34) and owns the connection, which
+:meth:`Producer.close` closes.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import hashlib
 import itertools
 import logging
 import os
+import socket
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -47,10 +51,13 @@ from nats.js.errors import APIError, NoStreamResponseError, TooManyStalledMsgsEr
 from pydantic import BaseModel, ConfigDict, Field
 
 from oplog.codec import decode_op
+from oplog.connection import NatsOptions
+from oplog.connection import connect as connect_nats
+from oplog.epochs import EpochTracker
 from oplog.errors import CodecError, InvalidOp, OversizeOp, PublishError
 from oplog.hlc import HLC, HybridLogicalClock
 from oplog.op import Op, OpKind, fast_op
-from oplog.topology import Topology
+from oplog.topology import StreamLimits, Topology
 
 BATCH_OVERHEAD = 32
 _BATCH_HEAD, _BATCH_TAIL = b'{"v":1,"ops":[', b"]}"
@@ -450,7 +457,8 @@ class Producer:
     """Publishes ops of one database in batches (see module docstring).
 
     Use as ``async with Producer(js, topology, clock=...) as producer``; leaving the
-    block flushes what is queued and waits for its acknowledgements.
+    block flushes what is queued and waits for its acknowledgements. Or let it connect
+    and name epochs itself: ``async with await Producer.connect(url, "shop") as producer``.
     """
 
     def __init__(
@@ -475,6 +483,62 @@ class Producer:
         self._batch_limit = self.config.max_batch_bytes - BATCH_OVERHEAD
         self._max_ops = self.config.max_batch_ops
         self._closed = False
+        # Set by connect(): the connection this producer owns, and what names its epochs.
+        self._connection: Any = None
+        self.epochs: EpochTracker | None = None
+
+    @classmethod
+    async def connect(
+        cls,
+        nats: str | NatsOptions,
+        db: str | Topology,
+        *,
+        node: str | None = None,
+        config: ProducerConfig | None = None,
+        clock: HybridLogicalClock | None = None,
+        require_config: bool = True,
+        name: str = "oplog-producer",
+    ) -> Producer:
+        """A producer on a connection of its own, whose receipts carry their epoch.
+
+        ``nats`` is a URL (credentials in it allowed) or :class:`NatsOptions`; ``db`` a
+        database name or its :class:`Topology`. ``node`` names this producer in its ops'
+        HLC stamps (default ``<host>-<pid>``; give every producer its own), or pass a
+        ``clock``. The database's config is read from its stream and followed while the
+        producer runs (config changes included), so every receipt names its op's epoch;
+        with a database name, ops are also held to the config's ``max_op_bytes``.
+
+        Raises :class:`~oplog.errors.NatsConnectError` / ``NatsAuthError`` as
+        :func:`oplog.connection.connect` does, and :class:`~oplog.epochs.NoConfig` when
+        the stream holds no config (unless ``require_config=False``: receipts then carry
+        ``epoch=None`` until a config appears). :meth:`close` (or leaving ``async with``)
+        flushes and then closes the connection.
+        """
+        options = NatsOptions.coerce(nats)
+        topology = db if isinstance(db, Topology) else Topology(db=db)
+        nc = await connect_nats(options, name=name)
+        tracker: EpochTracker | None = None
+        try:
+            js = nc.jetstream()
+            tracker = await EpochTracker.start(js, topology)
+            init = tracker.require_config() if require_config else tracker.config
+            if init is not None and not isinstance(db, Topology):
+                limits = StreamLimits(**{**topology.limits.model_dump(), "max_op_bytes": init.max_op_bytes})
+                topology = Topology(db=topology.db, limits=limits)
+            producer = cls(
+                js,
+                topology,
+                clock=clock or HybridLogicalClock(node or f"{socket.gethostname()}-{os.getpid()}"),
+                config=config,
+                epoch_of=tracker.epoch_of,  # type: ignore[arg-type]  (None until a config appears)
+            )
+        except BaseException:
+            if tracker is not None:
+                await tracker.close()
+            await _close_connection(nc)
+            raise
+        producer._connection, producer.epochs = nc, tracker
+        return producer
 
     async def __aenter__(self) -> Producer:
         return self
@@ -590,9 +654,18 @@ class Producer:
             await asyncio.gather(*list(self._inflight), return_exceptions=True)
 
     async def close(self) -> None:
-        """Refuse new ops, then flush (waits for every acknowledgement)."""
+        """Refuse new ops, then flush (waits for every acknowledgement); a producer made
+        by :meth:`connect` then closes its connection."""
         self._closed = True
-        await self.flush()
+        try:
+            await self.flush()
+        finally:
+            nc, tracker = self._connection, self.epochs
+            self._connection = None
+            if tracker is not None:
+                await tracker.close()
+            if nc is not None:
+                await _close_connection(nc)
 
     def _check_size(self, op: Op, data: bytes) -> int:
         size = len(data) + 1  # its separator in the message
@@ -694,3 +767,12 @@ class Producer:
         )
         logger.warning("%s", message)
         batch.settle(_FAILED, error=PublishError(message))
+
+
+async def _close_connection(nc: Any) -> None:
+    """Close a connection :meth:`Producer.connect` made: bounded, and quiet when the
+    server is already gone (there is nothing left to flush then)."""
+    try:
+        await asyncio.wait_for(nc.close(), 5.0)
+    except (OSError, TimeoutError) as e:
+        logger.debug("closing the NATS connection: %r", e)

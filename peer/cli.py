@@ -25,8 +25,9 @@ import doltlite  # noqa: F401  (must be imported before anything imports sqlite3
 
 from materializer.errors import Divergence
 from oplog.errors import OplogError
+from oplog.version import version
 from peer import logs, settings
-from peer.commands import database, inspect, publish, serve
+from peer.commands import database, inspect, publish, reader, serve
 from peer.service import GC_THRESHOLDS
 
 EXIT_DIVERGED = 3
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", type=Path, metavar="FILE", help="a TOML file of options (env OPLOG_CONFIG; see docs/cli.md)"
     )
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     parser.add_argument(
         "--log-format",
         choices=["text", "json"],
@@ -46,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="log lines as text or as one JSON object each",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (database, serve, publish, inspect):
+    for module in (database, serve, publish, inspect, reader):
         module.register(sub)
 
     p = sub.add_parser("dev", help="local NATS + N doltlite peers + demo load; stops by itself")
