@@ -20,7 +20,9 @@ from oplog.topology import DEFAULT_MAX_OP_BYTES
 
 DEFAULT_EPOCH_MS = 1000
 DEFAULT_GRACE_MS = 500
-DEFAULT_MAX_FUTURE_EPOCHS = 600
+# How far past the last seal an op (or the next seal) may be, and so how soon a config
+# change can apply: 30 epochs is ~35 s at 1 s epochs (docs/operations.md, the trade-off).
+DEFAULT_MAX_FUTURE_EPOCHS = 30
 DEFAULT_DEDUP_EPOCHS = 3600
 
 # Documented ranges (docs/decisions.md): a config outside them is rejected and recorded
