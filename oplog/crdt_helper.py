@@ -28,7 +28,12 @@ import binascii
 from collections.abc import Sequence
 from typing import Any
 
-from pycrdt import Array, Doc, Map
+try:
+    from pycrdt import Array, Doc, Map
+except ModuleNotFoundError as e:  # a producer-only install has no pycrdt (pyproject.toml extras)
+    raise ModuleNotFoundError(
+        "oplog.crdt_helper needs pycrdt, which the base install leaves out: pip install 'oplog[crdt]'", name=e.name
+    ) from e
 
 ROOT = "doc"
 MAX_SAFE_INTEGER = 2**53  # integral floats below this render as JSON integers

@@ -25,7 +25,7 @@ small object per op, and ``asyncio.gather`` over those adds per-op work of its o
 The producer does not know epochs (that is the ``epoch`` package's business): the
 caller may pass ``epoch_of`` to have receipts name the epoch an op belongs to.
 :meth:`Producer.connect` does that itself: it connects, reads the database's config
-from the stream (:mod:`oplog.epochs`, decisions.md #34) and owns the connection, which
+from the stream (:mod:`oplog.epochs`, decisions.md #39) and owns the connection, which
 :meth:`Producer.close` closes.
 """
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
+from collections.abc import Collection
 from pathlib import Path
 
 import pytest
@@ -28,6 +31,10 @@ PURE_CORE = [
     "materializer/strategies/*.py",
 ]
 IO_MODULES = {"nats", "sqlite3", "doltlite", "pymysql"}
+# The one import that points up: `python -m oplog` (and the `oplog` script) hands the
+# command line over to peer.cli, lazily, inside a function, so that importing any oplog
+# module never imports peer (decisions.md #39).
+ALLOWED_UPWARD = {("oplog/__main__.py", "peer.cli")}
 
 
 def imported_modules(path: Path) -> list[tuple[int, str]]:
@@ -49,12 +56,12 @@ def imported_modules(path: Path) -> list[tuple[int, str]]:
     return found
 
 
-def violations(paths: list[Path], forbidden: set[str]) -> list[str]:
+def violations(paths: list[Path], forbidden: set[str], allowed: Collection[tuple[str, str]] = ()) -> list[str]:
     return [
         f"{path.relative_to(ROOT)}:{line} imports {module!r}"
         for path in paths
         for line, module in imported_modules(path)
-        if module.split(".")[0] in forbidden
+        if module.split(".")[0] in forbidden and (str(path.relative_to(ROOT)), module) not in allowed
     ]
 
 
@@ -63,9 +70,31 @@ def test_a_package_does_not_import_the_layers_above_it(package: str) -> None:
     paths = sorted((ROOT / package).rglob("*.py"))
     assert paths, f"no modules found under {package}/"
 
-    bad = violations(paths, FORBIDDEN_ABOVE[package])
+    bad = violations(paths, FORBIDDEN_ABOVE[package], ALLOWED_UPWARD)
 
     assert not bad, f"{package}/ must not import {sorted(FORBIDDEN_ABOVE[package])}:\n" + "\n".join(bad)
+
+
+def test_the_one_upward_import_is_made_only_when_the_command_line_runs() -> None:
+    for name, module in sorted(ALLOWED_UPWARD):
+        tree = ast.parse((ROOT / name).read_text())
+        lazy = {
+            node.module
+            for function in ast.walk(tree)
+            if isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef)
+            for node in ast.walk(function)
+            if isinstance(node, ast.ImportFrom)
+        }
+        assert module in lazy, f"{name} must import {module} inside a function, not at module level"
+        top_level = [node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)]
+        assert all(module not in [getattr(n, "module", None), *(a.name for a in n.names)] for n in top_level)
+
+    # And so importing every oplog module leaves peer (and the layers between) unloaded.
+    modules = sorted(f"oplog.{p.stem}" for p in (ROOT / "oplog").glob("*.py") if p.stem != "__init__")
+    probe = f"import sys; import {', '.join(modules)}; print(sorted({{m.split('.')[0] for m in sys.modules}} & {{'peer', 'materializer', 'epoch'}}))"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", result.stdout
 
 
 def test_the_pure_core_imports_neither_nats_nor_a_database_driver() -> None:
