@@ -7,14 +7,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from materializer.errors import BucketNotReady
+from oplog.nats_errors import CLUSTER_SETTLING
 
 READY_TIMEOUT_S = 30.0
 T = TypeVar("T")
@@ -41,9 +40,8 @@ async def object_store(js: JetStreamContext, bucket: str, *, replicas: int = 1) 
 
 
 # What a JetStream cluster answers (or fails to) while it elects a leader for a stream,
-# or for its meta layer, that a new bucket needs: worth retrying until a deadline. A
-# stream just created can also still be unknown to the node asked (404, "stream not found").
-CLUSTER_SETTLING = (NatsTimeoutError, ServiceUnavailableError, NoRespondersError, NotFoundError)
+# or for its meta layer, that a new bucket needs: worth retrying until a deadline
+# (oplog.nats_errors decides which errors those are).
 
 
 async def _open(stream: str, find: Callable[[], Awaitable[T]], create: Callable[[], Awaitable[T]], js: JetStreamContext,

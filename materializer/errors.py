@@ -9,6 +9,8 @@ Hierarchy::
         ├── BackendError       the database failed (driver errors mapped at the backend edge)
         │   └── TransientBackendError   worth retrying (lost connection, lock timeout)
         ├── StreamGap          the consumer saw a sequence gap it could not repair
+        │   ├── RetentionGap   retention removed messages this peer needs: bootstrap from a snapshot
+        │   └── StreamDamaged  re-reading does not close the gap: the stream itself is wrong
         ├── GenesisError       the shared genesis could not be created or fetched
         ├── BucketNotReady     a KV or object bucket's stream elected no leader in time
         ├── Divergence         this peer's hash for an epoch differs from other peers'
@@ -48,7 +50,20 @@ class TransientBackendError(BackendError):
 class StreamGap(MaterializerError):
     """Stream sequences were not contiguous and re-reading did not repair it."""
 
+
+class RetentionGap(StreamGap):
+    """The stream no longer holds messages this peer needs (retention purged them).
+
+    Recoverable without the stream: install a snapshot past the gap and resume there."""
+
     retryable = True
+
+
+class StreamDamaged(StreamGap):
+    """Messages this peer needs are missing although retention did not remove them, and
+    re-reading did not bring them back. Not recoverable by this peer: an operator must look."""
+
+    retryable = False
 
 
 class GenesisError(MaterializerError):

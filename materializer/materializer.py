@@ -22,7 +22,7 @@ from nats.js import JetStreamContext
 from epoch.assign import NO_EPOCH, Assigner, SealedEpoch
 from epoch.config import Timeline, seal_ceiling
 from materializer.backend import Backend
-from materializer.errors import GenesisError, StreamGap
+from materializer.errors import GenesisError, RetentionGap
 from materializer.faults import FaultPoints
 from materializer.genesis import ensure_genesis
 from materializer.plan import plan_epoch, prepare_op
@@ -212,7 +212,7 @@ class Materializer:
         while not stop.is_set():
             try:
                 await self.step()
-            except StreamGap as gap:
+            except RetentionGap as gap:
                 latest = await self._choose_snapshot()
                 mine = self.last.epoch if self.last else NO_EPOCH
                 if latest is None or latest.epoch <= mine:

@@ -5,7 +5,8 @@ sequence) instead of relying on the client's ordered push consumer, which has ha
 bugs that skip messages after a slow-consumer reset. Every message's stream
 sequence is checked against the one expected; on a gap the consumer is recreated at
 the expected sequence. If the stream no longer holds that sequence (retention), the
-gap cannot be repaired from the stream and :class:`StreamGap` says so.
+gap cannot be repaired from the stream and :class:`RetentionGap` says so (a snapshot
+can); a gap that re-reading does not close is :class:`StreamDamaged`.
 
 Off-by-one rule: ``StreamReader(start_seq=n)`` yields message ``n`` first. With a
 ``subject`` filter (tools reading only config, say) sequences are not contiguous and
@@ -27,14 +28,12 @@ import logging
 import orjson
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import ServiceUnavailableError
 
 from epoch.assign import StreamMessage
-from materializer.errors import StreamGap
+from materializer.errors import RetentionGap, StreamDamaged
+from oplog.nats_errors import TRANSIENT
 from oplog.topology import Topology
 
 MAX_REPAIRS = 5
@@ -45,8 +44,6 @@ DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 # How long past the request's own expiry we wait for the server before giving up on it.
 SERVER_GRACE_S = 2.0
 FRESH_RETRIES = 5  # pulls re-sent while a new consumer is not answering yet (clusters)
-# Creating a consumer can fail like this while a cluster elects a stream leader.
-TRANSIENT = (NatsTimeoutError, TimeoutError, NoRespondersError, ServiceUnavailableError)
 
 
 class StreamReader:
@@ -168,7 +165,7 @@ class StreamReader:
         while len(msgs) < self._batch:
             try:
                 msg = await sub.next_msg(timeout=max(0.001, deadline - loop.time()))
-            except (NatsTimeoutError, TimeoutError):
+            except TRANSIENT:
                 # The server never ended the request: start over with a fresh consumer at
                 # next_seq, so nothing this request might still deliver is read twice.
                 await self._drop_consumer()
@@ -208,13 +205,13 @@ class StreamReader:
         info = await self._js.stream_info(self.topology.stream)
         first = info.state.first_seq
         if first > self.next_seq:
-            raise StreamGap(
+            raise RetentionGap(
                 f"stream {self.topology.stream} starts at sequence {first} but this peer needs "
                 f"{self.next_seq}: the messages were removed by retention; bootstrap this peer "
                 "from a snapshot instead"
             )
         if self._repairs > MAX_REPAIRS:
-            raise StreamGap(
+            raise StreamDamaged(
                 f"stream {self.topology.stream}: expected sequence {self.next_seq}, got {got}, "
                 f"{MAX_REPAIRS} times after re-reading; the stream may be damaged"
             )

@@ -9,7 +9,7 @@ not matter which peer wins.
 Retention is tied to snapshots: only the newest ``keep`` snapshots are kept, and the
 stream is purged below the ``resume_seq`` of the oldest kept one, so the stream does
 not grow forever and a new peer can always start from the newest snapshot. A peer
-that falls behind the purge point meets a :class:`StreamGap` and re-bootstraps from
+that falls behind the purge point meets a :class:`~materializer.errors.RetentionGap` and re-bootstraps from
 the newest snapshot.
 """
 

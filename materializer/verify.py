@@ -24,7 +24,7 @@ from nats.js import JetStreamContext
 
 from materializer.agreement import majority
 from materializer.backends.doltlite import DoltliteBackend
-from materializer.errors import StreamGap, VerificationError
+from materializer.errors import RetentionGap, StreamDamaged, VerificationError
 from materializer.genesis import fetch_genesis
 from materializer.hashes import HashBoard
 from materializer.materializer import Materializer
@@ -102,11 +102,13 @@ async def verify(
                     )
                 await materializer.step()
             recomputed = [(e, h) for e, h in await asyncio.to_thread(backend.epoch_hashes, since) if e <= through]
-        except StreamGap as gap:
+        except RetentionGap as gap:
             raise VerificationError(
                 f"the stream no longer holds the ops after {base}: {gap}. Verify later epochs "
                 "(--from-epoch after the oldest kept snapshot)"
             ) from None
+        except StreamDamaged as damaged:
+            raise VerificationError(f"the stream cannot be read without gaps after {base}: {damaged}") from None
         finally:
             await materializer.close()  # closes the backend too
     finally:

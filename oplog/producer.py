@@ -44,10 +44,7 @@ from dataclasses import dataclass
 from typing import Any, overload
 
 import orjson
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, NoStreamResponseError, TooManyStalledMsgsError
 from pydantic import BaseModel, ConfigDict, Field
 
 from oplog.codec import decode_op
@@ -56,23 +53,13 @@ from oplog.connection import connect as connect_nats
 from oplog.epochs import EpochTracker
 from oplog.errors import CodecError, InvalidOp, OversizeOp, PublishError
 from oplog.hlc import HLC, HybridLogicalClock
+from oplog.nats_errors import TRANSIENT
 from oplog.op import Op, OpKind, fast_op
 from oplog.topology import StreamLimits, Topology
 
 BATCH_OVERHEAD = 32
 _BATCH_HEAD, _BATCH_TAIL = b'{"v":1,"ops":[', b"]}"
 _SORT_KEYS = orjson.OPT_SORT_KEYS
-# Errors after which the same message is sent again (same payload and Nats-Msg-Id).
-# NoStreamResponseError is publish_async's "no stream answered" (a stream being created,
-# or moving between cluster nodes).
-_RETRYABLE = (
-    TimeoutError,
-    NatsTimeoutError,
-    NoRespondersError,
-    NoStreamResponseError,
-    TooManyStalledMsgsError,
-    APIError,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -753,8 +740,9 @@ class Producer:
                 )
                 # wait_for cancels the pending ack on timeout, which frees nats-py's slot.
                 ack = await asyncio.wait_for(pending, timeout)
-            except _RETRYABLE as e:
-                # Same payload and Nats-Msg-Id: the stream stores it at most once.
+            except TRANSIENT as e:
+                # Same payload and Nats-Msg-Id: the stream stores it at most once. A
+                # permanent refusal (a bad request) is not retried: it fails the batch.
                 error = e
                 if attempt < self.config.retries:
                     await asyncio.sleep(self.config.retry_backoff_s * (2**attempt))

@@ -50,12 +50,12 @@ from epoch.config import LatePolicy
 from materializer.faults import FaultDir
 from materializer.snapshots import SnapshotStore
 from oplog.hlc import system_clock_ms
+from oplog.nats_errors import TRANSIENT
 from oplog.producer import ProducerConfig
 from oplog.stream import publish_json
 from oplog.topology import Topology
 from peer.chaos_harness import (
     TEN_MINUTES_MS,
-    TRANSIENT,
     ChaosError,
     Deployment,
     Load,

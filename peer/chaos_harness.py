@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import doltlite  # noqa: F401  (must precede anything that imports sqlite3)
-import nats.errors
-import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
@@ -28,6 +26,7 @@ from materializer.backends.doltlite import DoltliteBackend
 from materializer.buckets import key_value
 from oplog.errors import PublishError
 from oplog.hlc import HybridLogicalClock, system_clock_ms
+from oplog.nats_errors import TRANSIENT
 from oplog.op import Op
 from oplog.producer import Producer, ProducerConfig, Receipt
 from oplog.schema import SchemaMessage
@@ -61,15 +60,6 @@ RESEND_PAUSE_S = 0.2
 POLL_S = 0.1
 TICK_S = 0.02  # the load generator's pacing
 TEN_MINUTES_MS = 10 * 60 * 1000
-# What a control-plane read may raise while a NATS node is down or paused; retried until a deadline.
-TRANSIENT = (
-    nats.errors.TimeoutError,
-    nats.errors.NoRespondersError,
-    nats.errors.ConnectionClosedError,
-    nats.js.errors.NoStreamResponseError,
-    nats.js.errors.ServiceUnavailableError,
-    TimeoutError,
-)
 
 
 class ChaosError(RuntimeError):

@@ -21,13 +21,13 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from epoch.sealer import Sealer
 from materializer.agreement import Verdict
 from materializer.backend import Backend
-from materializer.buckets import CLUSTER_SETTLING
 from materializer.divergence import DivergenceWatch, Repairer, verified_snapshot
 from materializer.faults import FaultDir
 from materializer.hashes import HashBoard
 from materializer.materializer import EpochReport, Materializer
 from materializer.snapshots import SnapshotInfo, SnapshotPolicy
 from oplog.connection import NatsOptions
+from oplog.nats_errors import CLUSTER_SETTLING
 from oplog.connection import close as close_nats
 from oplog.connection import connect as connect_nats
 from oplog.stream import ensure_stream, publish_json
