@@ -27,7 +27,7 @@ from materializer.errors import Divergence
 from oplog.errors import OplogError
 from oplog.version import version
 from peer import logs, settings
-from peer.commands import database, inspect, publish, reader, serve
+from peer.commands import changes, database, inspect, publish, reader, serve
 from peer.service import GC_THRESHOLDS
 
 EXIT_DIVERGED = 3
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="log lines as text or as one JSON object each",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (database, serve, publish, inspect, reader):
+    for module in (database, serve, publish, inspect, reader, changes):
         module.register(sub)
 
     p = sub.add_parser("dev", help="local NATS + N doltlite peers + demo load; stops by itself")

@@ -1,0 +1,494 @@
+"""Per-epoch change feeds: what each epoch commit changed, the same on every peer.
+
+Every peer commits each epoch as one identical Dolt commit, so each epoch commit is also
+a unit of change, the same everywhere and addressed by its epoch number. This module
+turns epoch commits into change records with Dolt's own diffs (read-only SQL):
+
+* :func:`read_changes` / :func:`iter_changes` — the change sets of the epoch commits in a
+  range; :func:`follow_changes` — the same as an async iterator that then waits for new
+  commits, so a consumer that stores the last epoch it handled and resumes from the next
+  one sees every change exactly once.
+* One :class:`EpochChanges` per epoch commit, in epoch order, empty ones included (so a
+  consumer's position always advances). An epoch closed together with later ones (one
+  seal for several epochs, decisions.md #1) has no commit of its own: its changes are in
+  the commit that closed it (``first_epoch`` .. ``epoch``).
+* One :class:`Change` per changed row of a user table (never the ``oplog_*`` tables):
+  ``(epoch, table, key, kind, before, after, op_id)``, ordered by table name, then key.
+
+How a commit's changes are found (the same algorithm on both engines):
+
+1. The epoch's commit is the one whose message's first line is ``epoch <k>``
+   (:mod:`materializer.metadata`), looked up in ``dolt_log`` from the newest commit down.
+2. ``dolt_diff_summary('<commit>~1', '<commit>')`` names the tables whose data changed;
+   those declared in ``oplog_tables`` at that commit are the user tables to diff.
+3. Each table's row diff from the parent commit: the one place the engines differ
+   (:func:`_diff_rows`): doltlite's ``dolt_diff_<t>`` system table filtered on
+   ``to_commit`` (its columns follow the table's current schema; doltlite has no
+   ``dolt_diff()`` table function), Dolt sql-server's ``dolt_diff(from, to, t)`` table
+   function (``dolt_diff_<t>`` cannot be filtered there when a user column is named
+   ``commit``: its name collides with the diff's own ``to_commit``). The diff's columns are
+   read by position, since a user column may collide with the diff's own names.
+4. Values are rendered from the table's schema *at that commit*: ``before`` and
+   ``after`` hold every declared column (key columns included, ``_oplog_meta`` never); a
+   column added in that epoch is null on the ``before`` side. Renderings: integers and
+   booleans as the stored integers (booleans are 0/1), floats as JSON numbers, decimals,
+   text, json and timestamps as their stored canonical text, bytes as base64. A row whose
+   values and metadata are unchanged (possible only around a schema change) is no change.
+
+``op_id``: an op's *stamp* is ``[wall_ms, logical, node, id]``; the strategies that have a
+winning op store stamps in the row's ``_oplog_meta`` (``lww``: ``{"v": stamp}``;
+``field-lww``: ``cols``/``row``/``del`` stamps), and a delete leaves its stamp in the row's
+tombstone (``oplog_tombstones``, diffed in the same commit). ``op_id`` is the id of the
+newest stamp (in HLC order) present after the change and absent before it: for ``lww`` the
+op that won the row; for ``field-lww`` the newest of the ops that changed it in that epoch.
+Strategies whose meta holds no stamp have no winning op, and ``op_id`` is null: ``counter``
+(a sum of deltas, meta ``{}``) and ``crdt`` (a merged document, meta holds its state).
+
+The envelope of a change (:meth:`Change.envelope`, canonical JSON with sorted keys, so
+two peers' feeds compare byte for byte; docs/reading.md "Change feeds" maps it to
+Debezium's)::
+
+    {"after": {...}|null, "before": {...}|null, "commit": "<hash>", "epoch": k,
+     "key": [...], "kind": "insert|update|delete", "op_id": "..."|null, "table": "..."}
+
+Targets: a :class:`~materializer.backend.Backend` (a connection of our own is opened), a
+path of a doltlite database file (opened read-only), or a connection a reader already
+has, as for :mod:`materializer.readside` (a ``sqlite3`` connection to a doltlite file, a
+pymysql connection in autocommit mode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+from urllib.parse import quote as url_quote
+
+import orjson
+
+from materializer.backend import META_COLUMN, Backend
+from materializer.errors import BackendError, TransientBackendError
+from materializer.metadata import EPOCH_MESSAGE_PREFIX
+from materializer.plan import key_text
+from materializer.readside import _Reader, _reading
+from oplog.codec import canonical_json
+from oplog.op import TABLE_NAME
+from oplog.schema import Column, ColumnType, TableSchema
+
+Kind = Literal["insert", "update", "delete"]
+KINDS: dict[str, Kind] = {"added": "insert", "modified": "update", "removed": "delete"}
+DEFAULT_POLL_S = 0.5
+MAX_POLL_S = 60.0
+COMMITS_PER_QUERY = 256  # epoch commits listed per round; each is then diffed and handed over alone
+INTERNAL_PREFIX = "oplog_"
+TOMBSTONES = "oplog_tombstones"
+_NO_LIMIT = 2**63 - 1
+_SCHEMA_RACE_ATTEMPTS = 3
+T = TypeVar("T")
+
+
+class EpochNotCommittedYet(BackendError):
+    """The range asked for ends past this peer's newest epoch commit."""
+
+
+@dataclass(frozen=True)
+class Change:
+    """One changed row of one user table in one epoch commit."""
+
+    epoch: int
+    commit: str
+    table: str
+    key: tuple[Any, ...]
+    kind: Kind
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    op_id: str | None
+
+    def envelope(self) -> dict[str, Any]:
+        """The change as a JSON object (see the module docstring)."""
+        return {"epoch": self.epoch, "commit": self.commit, "table": self.table, "key": list(self.key),
+                "kind": self.kind, "before": self.before, "after": self.after, "op_id": self.op_id}  # fmt: skip
+
+    def to_json(self) -> str:
+        """The envelope as canonical JSON (sorted keys, compact): one line of a feed."""
+        return canonical_json(self.envelope())
+
+
+@dataclass(frozen=True)
+class EpochChanges:
+    """Everything one epoch commit changed. ``epoch`` is the commit's epoch; it also holds the
+    epochs from ``first_epoch`` on that were closed with it. ``end_ms`` is the commit's date
+    (the epoch's end)."""
+
+    epoch: int
+    commit_hash: str
+    changes: tuple[Change, ...]
+    first_epoch: int
+    end_ms: int
+
+
+@dataclass(frozen=True)
+class EpochCommit:
+    epoch: int
+    first_epoch: int
+    end_ms: int
+    commit: str
+
+
+# -- opening a target ------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _open(target: Backend | str | os.PathLike[str] | Any) -> Iterator[_Reader]:
+    """A reader on ``target``; a path is a doltlite file, opened read-only."""
+    if not isinstance(target, (str, os.PathLike)):
+        with _reading(target) as reader:
+            yield reader
+        return
+    path = Path(target)
+    if not path.is_file():
+        raise BackendError(f"no database file {path}")
+    import doltlite  # noqa: F401  (before sqlite3, as everywhere)
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(f"file:{url_quote(str(path.resolve()))}?mode=ro", uri=True, isolation_level=None,
+                               check_same_thread=False)  # fmt: skip
+        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute("PRAGMA query_only = ON")
+    except sqlite3.Error as e:
+        raise BackendError(f"cannot read {path} as a doltlite database: {e}") from None
+    try:
+        yield _Reader(conn, "doltlite")
+    finally:
+        conn.close()
+
+
+def _check_table(reader: _Reader, table: str) -> None:
+    if not TABLE_NAME.match(table) or table.lower().startswith(INTERNAL_PREFIX):
+        raise ValueError(f"not a user table name: {table!r}")
+    _, rows = reader.query("SELECT 1 FROM oplog_tables WHERE name = ?", (table,))
+    if not rows:
+        raise BackendError(f"no table {table!r} is declared in this database")
+
+
+def _newest_epoch(reader: _Reader) -> int | None:
+    _, rows = reader.query("SELECT MAX(epoch) FROM oplog_epochs")
+    return None if rows[0][0] is None else int(rows[0][0])
+
+
+# -- finding epoch commits ---------------------------------------------------------------
+
+
+def _message_epoch(message: str) -> int | None:
+    first = message.split("\n", 1)[0]
+    if not first.startswith(EPOCH_MESSAGE_PREFIX):
+        return None
+    try:
+        return int(first[len(EPOCH_MESSAGE_PREFIX) :])
+    except ValueError:
+        return None
+
+
+def _commit_hashes(reader: _Reader, wanted: set[int], depth: int) -> dict[int, str]:
+    """``epoch -> commit hash`` for ``wanted``, from ``dolt_log`` read from the newest commit
+    down; ``depth`` is how many epoch commits lie between HEAD and the oldest one wanted."""
+    limit = depth + 8
+    while True:
+        _, rows = reader.query("SELECT commit_hash, message FROM dolt_log LIMIT ?", (limit,))
+        found = {}
+        for commit_hash, message in rows:
+            epoch = _message_epoch(str(message))
+            if epoch in wanted:
+                found[epoch] = str(commit_hash)
+        if len(found) == len(wanted) or len(rows) < limit:
+            return found
+        limit *= 4  # commits were made since oplog_epochs was read
+
+
+def epoch_commits(reader: _Reader, from_epoch: int, to_epoch: int | None = None,
+                  limit: int = COMMITS_PER_QUERY) -> list[EpochCommit]:  # fmt: skip
+    """The first ``limit`` epoch commits holding an epoch of ``from_epoch``..``to_epoch``
+    (a commit holds ``first_epoch``..``epoch``), in epoch order."""
+    _, rows = reader.query(
+        "SELECT epoch, first_epoch, end_ms FROM oplog_epochs WHERE epoch >= ? AND first_epoch <= ?"
+        " ORDER BY epoch LIMIT ?",
+        (from_epoch, _NO_LIMIT if to_epoch is None else to_epoch, limit),
+    )
+    if not rows:
+        return []
+    _, ((depth,),) = reader.query("SELECT COUNT(*) FROM oplog_epochs WHERE epoch >= ?", (rows[0][0],))
+    hashes = _commit_hashes(reader, {int(r[0]) for r in rows}, int(depth))
+    commits = []
+    for epoch, first_epoch, end_ms in rows:
+        if int(epoch) not in hashes:
+            raise BackendError(f"epoch {epoch} is in oplog_epochs but no commit's message names it")
+        commits.append(EpochCommit(int(epoch), int(first_epoch), int(end_ms), hashes[int(epoch)]))
+    return commits
+
+
+# -- the diff of one commit: the engines' one difference ---------------------------------------
+
+
+def _diff_sides(names: list[str]) -> tuple[list[str], list[str]]:
+    """Column names of the two sides of a ``dolt_diff`` result, by position:
+    ``to_<c>…, to_commit, to_commit_date, from_<c>…, from_commit, from_commit_date, diff_type``."""
+    split = next((i for i, n in enumerate(names) if n.startswith("from_")), -1)
+    if (
+        split < 2
+        or names[split - 2 : split] != ["to_commit", "to_commit_date"]
+        or names[-3:] != ["from_commit", "from_commit_date", "diff_type"]
+    ):
+        raise BackendError(f"unexpected columns of a Dolt diff: {names}")
+    return [n[3:] for n in names[: split - 2]], [n[5:] for n in names[split:-3]]
+
+
+def _diff_rows(reader: _Reader, table: str, commit: str) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """``(diff_type, before, after)`` of every row of ``table`` that ``commit`` changed
+    against its parent, with the raw values by column name."""
+    for _ in range(_SCHEMA_RACE_ATTEMPTS):
+        if reader.dialect == "doltlite":
+            # Its columns follow the table's current schema, by position (a user column named
+            # like the diff's own, e.g. `commit`, is renamed there): read the schema around it.
+            current, _ = reader.query(f'SELECT * FROM "{table}" LIMIT 0')
+            names, rows = reader.query(f"SELECT * FROM dolt_diff_{table} WHERE to_commit = ?", (commit,))
+            after_cols = before_cols = current
+            again, _ = reader.query(f'SELECT * FROM "{table}" LIMIT 0')
+            if again != current or len(names) != 2 * len(current) + 5:
+                continue  # a column was added meanwhile: read again
+        else:
+            names, rows = reader.query("SELECT * FROM dolt_diff(?, ?, ?)", (f"{commit}~1", commit, table))
+            after_cols, before_cols = _diff_sides(names)
+        width = len(after_cols)
+        found = []
+        for row in rows:
+            after = dict(zip(after_cols, row[:width], strict=True))
+            before = dict(zip(before_cols, row[width + 2 : width + 2 + len(before_cols)], strict=True))
+            found.append((str(row[-1]), before, after))
+        return found
+    raise TransientBackendError(f"the schema of {table!r} kept changing while its diff was read; retry")
+
+
+def _tables_at(reader: _Reader, commit: str) -> dict[str, TableSchema]:
+    """The declared tables at ``commit``."""
+    if reader.dialect == "doltlite":
+        _, rows = reader.query("SELECT name, definition FROM dolt_at_oplog_tables(?)", (commit,))
+    else:
+        _, rows = reader.query("SELECT name, definition FROM oplog_tables AS OF ?", (commit,))
+    return {str(name): _schema(_text(definition)) for name, definition in rows}
+
+
+@lru_cache(maxsize=1024)
+def _schema(definition: str) -> TableSchema:
+    return TableSchema.model_validate_json(definition)
+
+
+# -- rendering -------------------------------------------------------------------------------
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, (bytes, bytearray)) else str(value)
+
+
+def render_value(column: Column, value: Any) -> Any:
+    """A stored value in its canonical JSON form (see the module docstring)."""
+    if value is None:
+        return None
+    kind = column.type
+    if kind is ColumnType.INTEGER or kind is ColumnType.BOOLEAN:
+        return int(value)
+    if kind is ColumnType.FLOAT:
+        return float(value)  # doltlite's diff hands back a whole REAL as an integer
+    if kind is ColumnType.BYTES:
+        return base64.b64encode(bytes(value)).decode()
+    return _text(value)
+
+
+def _side(schema: TableSchema, raw: dict[str, Any]) -> dict[str, Any]:
+    return {c.name: render_value(c, raw.get(c.name)) for c in schema.columns}
+
+
+def _meta(raw: Any) -> Any:
+    return None if raw is None else orjson.loads(_text(raw))
+
+
+def _stamps(value: Any, found: set[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
+    """Every op stamp ``[wall_ms, logical, node, id]`` inside a strategy's meta."""
+    if isinstance(value, list):
+        if (len(value) == 4 and type(value[0]) is int and type(value[1]) is int
+                and isinstance(value[2], str) and isinstance(value[3], str)):  # fmt: skip
+            found.add(tuple(value))
+        else:
+            for item in value:
+                _stamps(item, found)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _stamps(item, found)
+    return found
+
+
+def winning_op(before_meta: Any, after_meta: Any) -> str | None:
+    """The id of the newest stamp in ``after_meta`` that ``before_meta`` lacks, or None."""
+    new = _stamps(after_meta, set()) - _stamps(before_meta, set())
+    return str(max(new)[3]) if new else None
+
+
+def _sort_key(change: Change) -> tuple[str, tuple[Any, ...]]:
+    return change.table, change.key
+
+
+def commit_changes(reader: _Reader, commit: EpochCommit, table: str | None = None) -> EpochChanges:
+    """What ``commit`` changed in the user tables (only ``table``, if given)."""
+    _, summary = reader.query(
+        "SELECT to_table_name, data_change FROM dolt_diff_summary(?, ?)", (f"{commit.commit}~1", commit.commit)
+    )
+    names = {_text(name) for name, data_change in summary if name and data_change}
+    names = {n for n in names if not n.lower().startswith(INTERNAL_PREFIX) and (table is None or n == table)}
+    changes: list[Change] = []
+    if names:
+        declared = _tables_at(reader, commit.commit)
+        tombstones: dict[tuple[str, str], Any] | None = None
+        for name in sorted(n for n in names if n in declared):
+            schema = declared[name]
+            for diff_type, raw_before, raw_after in _diff_rows(reader, name, commit.commit):
+                kind = KINDS[diff_type]
+                before = None if kind == "insert" else _side(schema, raw_before)
+                after = None if kind == "delete" else _side(schema, raw_after)
+                before_meta = None if kind == "insert" else _meta(raw_before.get(META_COLUMN))
+                if kind == "delete":
+                    assert before is not None
+                    key = tuple(before[c] for c in schema.primary_key)
+                    if tombstones is None:
+                        tombstones = _tombstones(reader, commit.commit)
+                    after_meta = tombstones.get((name, key_text(key)))
+                else:
+                    assert after is not None
+                    key = tuple(after[c] for c in schema.primary_key)
+                    after_meta = _meta(raw_after.get(META_COLUMN))
+                    if kind == "update" and before == after and before_meta == after_meta:
+                        continue  # nothing of the row changed (a column added around it)
+                changes.append(Change(commit.epoch, commit.commit, name, key, kind, before, after,
+                                      winning_op(before_meta, after_meta)))  # fmt: skip
+    changes.sort(key=_sort_key)
+    return EpochChanges(commit.epoch, commit.commit, tuple(changes), commit.first_epoch, commit.end_ms)
+
+
+def _tombstones(reader: _Reader, commit: str) -> dict[tuple[str, str], Any]:
+    """``(table, key text) -> meta`` of the tombstones ``commit`` wrote: a delete's stamp."""
+    return {
+        (_text(after["tbl"]), _text(after["pk"])): _meta(after["meta"])
+        for diff_type, _, after in _diff_rows(reader, TOMBSTONES, commit)
+        if diff_type != "removed"
+    }
+
+
+# -- ranges and following ----------------------------------------------------------------------
+
+
+def _walk(reader: _Reader, from_epoch: int, to_epoch: int | None, table: str | None) -> Iterator[EpochChanges]:
+    after = from_epoch
+    while True:
+        commits = epoch_commits(reader, after, to_epoch)
+        if not commits:
+            return
+        for commit in commits:
+            yield commit_changes(reader, commit, table)
+            after = commit.epoch + 1
+
+
+def iter_changes(
+    target: Backend | str | os.PathLike[str] | Any,
+    from_epoch: int,
+    to_epoch: int | None = None,
+    *,
+    table: str | None = None,
+) -> Iterator[EpochChanges]:
+    """The change set of every epoch commit holding an epoch of ``from_epoch``..``to_epoch``
+    (default: up to the newest commit when the iteration starts), one at a time.
+
+    Raises :class:`EpochNotCommittedYet` if ``to_epoch`` is past the newest commit."""
+    if to_epoch is not None and to_epoch < from_epoch:
+        raise ValueError(f"the range ends (epoch {to_epoch}) before it starts (epoch {from_epoch})")
+    with _open(target) as reader:
+        if table is not None:
+            _check_table(reader, table)
+        newest = _newest_epoch(reader)
+        if to_epoch is not None and (newest is None or newest < to_epoch):
+            at = "has no epoch commit yet" if newest is None else f"is at epoch {newest}"
+            raise EpochNotCommittedYet(f"epoch {to_epoch} is not committed yet: this peer {at}")
+        if newest is None:
+            return
+        yield from _walk(reader, from_epoch, newest if to_epoch is None else to_epoch, table)
+
+
+def read_changes(
+    target: Backend | str | os.PathLike[str] | Any,
+    from_epoch: int,
+    to_epoch: int | None = None,
+    *,
+    table: str | None = None,
+) -> list[EpochChanges]:
+    """:func:`iter_changes` as a list."""
+    return list(iter_changes(target, from_epoch, to_epoch, table=table))
+
+
+async def follow_changes(
+    target: Backend | str | os.PathLike[str] | Any,
+    *,
+    from_epoch: int,
+    table: str | None = None,
+    poll_s: float = DEFAULT_POLL_S,
+) -> AsyncIterator[EpochChanges]:
+    """Every epoch commit's change set from ``from_epoch`` on, in order, then each new one
+    as the peer commits it (polling every ``poll_s`` seconds, at most :data:`MAX_POLL_S`).
+
+    Runs until cancelled (or closed: use ``contextlib.aclosing`` when breaking out early).
+    Resuming from ``last.epoch + 1`` after :class:`EpochChanges` ``last`` gives every change
+    exactly once. Queries run in a worker thread of their own, so the event loop never
+    waits on the database; a ``sqlite3`` connection passed in is used on the loop's thread
+    instead (it belongs to the thread that made it). Locked or lost connections are waited
+    out; any other error ends the iteration."""
+    if not 0 < poll_s <= MAX_POLL_S:
+        raise ValueError(f"poll_s must be more than 0 and at most {MAX_POLL_S:g} seconds, not {poll_s!r}")
+    loop = asyncio.get_running_loop()
+    inline = type(target).__module__ == "sqlite3"
+    executor = None if inline else ThreadPoolExecutor(1, thread_name_prefix="oplog-changes")
+
+    async def run(call: Callable[..., T], *args: Any) -> T:
+        return call(*args) if executor is None else await loop.run_in_executor(executor, call, *args)
+
+    opened = _open(target)
+    reader = await run(opened.__enter__)
+    try:
+        if table is not None:
+            await run(_check_table, reader, table)
+        after = from_epoch
+        while True:
+            try:
+                commits = await run(epoch_commits, reader, after)
+                for commit in commits:
+                    epoch_changes = await run(commit_changes, reader, commit, table)
+                    yield epoch_changes
+                    after = commit.epoch + 1
+            except TransientBackendError:
+                commits = []
+            if not commits:
+                await asyncio.sleep(poll_s)
+    finally:
+        if executor is None:
+            opened.__exit__(None, None, None)
+        else:
+            # A query may still run in the worker (we were cancelled while awaiting it):
+            # stop it, and close the connection after it, on the same thread.
+            interrupt = getattr(reader.conn, "interrupt", None)
+            if interrupt is not None and type(reader.conn).__module__ == "sqlite3":
+                interrupt()
+            executor.submit(opened.__exit__, None, None, None)
+            executor.shutdown(wait=False)
