@@ -35,7 +35,7 @@ pytestmark = pytest.mark.integration
 
 CLI_TIMEOUT_S = 60.0
 SUMMARY = re.compile(
-    r"^published (\d+) ops in [\d.]+ s \(\d+ ops/s\), (\d+) duplicates, stream seq (\d+)\.\.(\d+), epochs (-?\d+)\.\.(-?\d+)"
+    r"^published (\d+) ops? in [\d.]+ s \(\d+ ops/s\), (\d+) duplicates?, stream seq (\d+)\.\.(\d+), epochs (-?\d+)\.\.(-?\d+)"
 )
 
 

@@ -8,9 +8,9 @@ op) is reported with its number and skipped; the rest is published and the exit 
 is 2. ``--all-or-nothing`` instead reads and checks the whole input first and publishes
 nothing if any line is bad (it holds every op in memory).
 
-At the end one summary line: ops published, time and rate, duplicates (ops the stream
-already held: a re-run with the same ids), the stream sequences and the epochs they
-went to. ``--receipts`` prints one JSON receipt per op on stdout, in input order, as
+At the end one summary line: ops published, time and rate, duplicates (ops in messages
+the stream already held: a re-run of the same ops with the same ids), the stream
+sequences and the epochs they went to. ``--receipts`` prints one JSON receipt per op on stdout, in input order, as
 they are acknowledged (then the summary goes to stderr); a receipt line is what
 ``oplog wait --receipt`` takes. On a terminal, stderr shows a progress line.
 """
@@ -88,7 +88,8 @@ class Tally:
 
     def summary(self) -> str:
         elapsed, rate = self.rate()
-        text = f"published {self.published} ops in {elapsed:.2f} s ({rate:.0f} ops/s), {self.duplicates} duplicates"
+        text = (f"published {_count(self.published, 'op')} in {elapsed:.2f} s ({rate:.0f} ops/s), "
+                f"{_count(self.duplicates, 'duplicate')}")  # fmt: skip
         if self.first_seq is not None:
             text += f", stream seq {self.first_seq}..{self.last_seq}"
         if self.first_epoch is not None:
@@ -96,10 +97,14 @@ class Tally:
         elif self.published:
             text += ", epochs unknown"
         if self.bad:
-            text += f"; {self.bad} bad line{'s' if self.bad != 1 else ''} not published"
+            text += f"; {_count(self.bad, 'bad line')} not published"
         if self.failed:
-            text += f"; {self.failed} ops NOT acknowledged"
+            text += f"; {_count(self.failed, 'op')} NOT acknowledged"
         return text
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _receipt_line(r: Receipt) -> bytes:
@@ -213,6 +218,8 @@ async def _stream_ops(producer: Producer, stream: IO[bytes], queue: asyncio.Queu
                       tally: Tally, progress: _Progress) -> None:  # fmt: skip
     """Read, check and queue line by line; report each bad line and go on."""
     async for lines in _lines(stream):
+        if tally.failed:
+            return  # the stream stopped acknowledging: do not queue more for it to refuse
         for number, line in lines:
             tally.lines = number
             try:
@@ -249,6 +256,8 @@ async def _all_or_nothing(producer: Producer, stream: IO[bytes], queue: asyncio.
     if tally.bad:
         return False
     for op in ops:
+        if tally.failed:
+            break  # the stream stopped acknowledging: do not queue more for it to refuse
         await queue.put(producer.enqueue(op))
         progress.tick()
     return True
@@ -290,7 +299,7 @@ async def cmd_publish(args: argparse.Namespace) -> int:
     summary = tally.summary() if ok else f"published nothing: {tally.bad} of {tally.lines} lines are bad (--all-or-nothing)"
     print(summary, file=sys.stderr if args.receipts or not ok else sys.stdout, flush=True)
     if tally.failed:
-        say(f"{tally.failed} ops were not acknowledged: {tally.failure}")
+        say(f"publishing stopped after line {tally.lines}: {tally.failure}")
     return EXIT_BAD_INPUT if tally.bad or tally.failed else 0
 
 
