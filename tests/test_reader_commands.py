@@ -22,6 +22,7 @@ import orjson
 import pytest
 
 from materializer.backends.doltlite import child_env
+from oplog.errors import OplogError
 from oplog.hlc import HLC
 from oplog.op import Op
 from oplog.stream import ensure_stream, publish_json
@@ -250,6 +251,12 @@ async def test_the_commit_holding_a_late_op_is_the_next_one_sealed_after_it(nats
         assert await commit_holding(js, t, late, 3) == 6
         assert await commit_holding(js, t, on_time, 7) == 7
         assert await commit_holding(js, t, on_time, None) == 6  # no epoch: the next commit sealed after it
+
+        bare = Topology(db="bare")  # a stream without a config: nothing can be judged
+        await ensure_stream(js, bare)
+        seq = await publish_batch(js, bare, [op("c", 1)])
+        with pytest.raises(OplogError, match=r"stream OPLOG_bare holds no config of database bare \(no `oplog init` yet\)"):
+            await commit_holding(js, bare, seq, 1)
 
 
 # -- oplog sql -------------------------------------------------------------------------------

@@ -108,7 +108,7 @@ async def commit_holding(js: Any, t: Topology, stream_seq: int, epoch: int | Non
                 sealed = assigner.feed(message)
                 if sealed is not None and message.seq > stream_seq and (epoch is None or sealed.epoch >= epoch):
                     return sealed.epoch
-            if reader.caught_up and assigner.config is None and reader.next_seq > stream_seq:
+            if reader.caught_up and assigner.config is None:
                 first = info.state.first_seq
                 why = f"(its messages before seq {first} were purged)" if first > 1 else "(no `oplog init` yet)"
                 raise OplogError(f"stream {t.stream} holds no config of database {t.db} {why}, so no seal can be judged")
