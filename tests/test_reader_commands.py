@@ -28,7 +28,7 @@ from oplog.op import Op
 from oplog.stream import ensure_stream, publish_json
 from oplog.topology import Topology
 from peer.commands.reader import commit_holding, parse_receipt
-from peer.natsd import NatsServer
+from peer.natsd import NatsServer, free_ports
 from peer.processes import PeerProcess
 from tests.support import config, connected, publish_batch, seal, wall
 
@@ -313,3 +313,16 @@ def test_sql_on_a_missing_database_file(world: World, tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr == (f"oplog: no database file {tmp_path}/shop.db (is --data-dir the peer's data directory "
                              "and --db its database?)\n")  # fmt: skip
+
+
+@pytest.mark.parametrize("command", [("publish", "-"), ("wait", "--epoch", "1"), ("wait", "--receipt", '{"stream_seq": 1}')])
+def test_publish_and_wait_give_up_on_an_unreachable_nats_with_one_line(command: tuple[str, ...]) -> None:
+    (port,) = free_ports(1)  # nothing listens there
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "peer.cli", *command, "--db", "t", "--connect-timeout", "2",
+                           "--nats", f"nats://u:secret@127.0.0.1:{port}"], capture_output=True, text=True,
+                          env=child_env(), input=op_line("x"), timeout=CLI_TIMEOUT_S)  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert time.monotonic() - started < 20
+    assert done.stderr.startswith(f"oplog: no NATS server at nats://u:***@127.0.0.1:{port} answered within 2 s")
+    assert done.stderr.count("\n") == 1 and "secret" not in done.stderr + done.stdout
