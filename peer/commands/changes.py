@@ -59,13 +59,13 @@ def _summary(change: Change) -> str:
     return ", ".join(f"{c}={_value(v)}" for c, v in side.items())
 
 
-HEADER = f"{'epoch':>8}  {'commit':<12}  {'table':<16}  {'kind':<6}  {'key':<16}  {'op_id':<16}  values"
+HEADER = f"{'epoch':>8}  {'commit':<12}  {'table':<16}  {'kind':<6}  {'key':<16}  {'op_id':<32}  values"
 
 
 def text_lines(epoch: EpochChanges) -> list[str]:
     return [
         f"{c.epoch:>8}  {c.commit[:12]:<12}  {c.table:<16}  {c.kind:<6}  {_value(list(c.key)):<16}  "
-        f"{c.op_id or '-':<16}  {_summary(c)}"
+        f"{c.op_id or '-':<32}  {_summary(c)}"
         for c in epoch.changes
     ]
 
