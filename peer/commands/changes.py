@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Iterable
@@ -135,5 +136,6 @@ async def cmd_changes(args: argparse.Namespace) -> int:
         return 0
     except ValueError as e:
         raise OplogError(str(e)) from None
-    except BrokenPipeError:  # the reader of our output went away (`| head`)
+    except BrokenPipeError:  # the reader of our output went away (`| head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
         return 0
