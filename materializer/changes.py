@@ -132,13 +132,13 @@ class Change:
 class EpochChanges:
     """Everything one epoch commit changed. ``epoch`` is the commit's epoch; it also holds the
     epochs from ``first_epoch`` on that were closed with it. ``end_ms`` is the commit's date
-    (the epoch's end)."""
+    (the epoch's end). Both are always set on what this module returns."""
 
     epoch: int
     commit_hash: str
     changes: tuple[Change, ...]
-    first_epoch: int
-    end_ms: int
+    first_epoch: int | None = None
+    end_ms: int | None = None
 
 
 @dataclass(frozen=True)
