@@ -45,13 +45,19 @@ def _default(action: argparse.Action) -> str:
     return f"`{default}`"
 
 
+def _usage(command: argparse.ArgumentParser) -> str:
+    # A fixed width: argparse otherwise wraps to the terminal, and the page would differ.
+    formatter = argparse.HelpFormatter(command.prog, width=100)
+    formatter.add_usage(command.usage, command._actions, command._mutually_exclusive_groups)
+    return formatter.format_help().strip()
+
+
 def reference(parser: argparse.ArgumentParser) -> str:
     """The markdown page for ``parser``."""
     lines = [INTRO]
     for name, command in settings.commands(parser):
         lines.append(f"## `oplog {name}`\n")
-        if command.description or command.format_usage():
-            lines.append("```text\n" + command.format_usage().strip() + "\n```\n")
+        lines.append("```text\n" + _usage(command) + "\n```\n")
         lines.append("| option | env | default | what |")
         lines.append("|---|---|---|---|")
         for action in settings.options(command):

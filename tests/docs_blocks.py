@@ -176,6 +176,13 @@ oplog publish --db shop docs-ops.jsonl > /dev/null
             time.sleep(0.2)
         self.namespace["__shop__"] = True
 
+    def declare_files(self, document: str) -> None:
+        """Write every ``file=`` block of ``document`` first: a page may name a file
+        (``oplog publish ops.jsonl``) before it shows it."""
+        for block in blocks(document):
+            if "file" in block.attributes and not block.norun:
+                (self.cwd / block.attributes["file"]).write_text(block.code)
+
     def run(self, block: Block) -> str:
         """Run ``block``; raise AssertionError saying what failed."""
         if block.attributes.get("needs") == "shop":
@@ -185,20 +192,25 @@ oplog publish --db shop docs-ops.jsonl > /dev/null
         return runner(block)
 
     def bash(self, block: Block) -> str:
-        proc = subprocess.Popen(
-            ["bash", "-e", "-o", "pipefail", "-c", self.substitute(block.code)],
-            cwd=ROOT if block.attributes.get("cwd") == "repo" else self.cwd, env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True,
-        )  # fmt: skip
+        # Output goes to a file, not a pipe: a block that leaves a peer running in the
+        # background (`oplog serve … &`) would keep a pipe open, and the block never end.
+        log = self.root / f"block-{block.line}.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen(
+                ["bash", "-e", "-o", "pipefail", "-c", self.substitute(block.code)],
+                cwd=ROOT if block.attributes.get("cwd") == "repo" else self.cwd, env=self.env(),
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
         self.groups.append(proc.pid)  # its background children share its process group
         try:
-            out, _ = proc.communicate(timeout=BLOCK_TIMEOUT_S)
+            proc.wait(timeout=BLOCK_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             _kill_group(proc.pid)
-            out, _ = proc.communicate()
-            raise AssertionError(f"{block.name}: still running after {BLOCK_TIMEOUT_S:.0f} s:\n{out}") from None
-        assert proc.returncode == 0, f"{block.name}: exit {proc.returncode}:\n{out}"
-        return out
+            proc.wait()
+            raise AssertionError(f"{block.name}: still running after {BLOCK_TIMEOUT_S:.0f} s:\n{log.read_text()}") from None
+        output = log.read_text(errors="replace")
+        assert proc.returncode == 0, f"{block.name}: exit {proc.returncode}:\n{output}"
+        return output
 
     def python(self, block: Block) -> str:
         assert self.loop is not None
@@ -206,9 +218,16 @@ oplog publish --db shop docs-ops.jsonl > /dev/null
         compiled = compile(code, block.name, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
         self.namespace.setdefault("__name__", "__docs__")
         os.environ["OPLOG_NATS_URL"] = self.url  # what the blocks' code may read, like a user's shell
-        result = eval(compiled, self.namespace)  # noqa: S307 (our own documentation)
-        if asyncio.iscoroutine(result):
-            self.loop.run_until_complete(asyncio.wait_for(result, BLOCK_TIMEOUT_S))
+        # In the world's directory, as a reader's shell would be: files a block writes
+        # (a consumer's position, say) must not land in the repository.
+        before = os.getcwd()
+        os.chdir(self.cwd)
+        try:
+            result = eval(compiled, self.namespace)  # noqa: S307 (our own documentation)
+            if asyncio.iscoroutine(result):
+                self.loop.run_until_complete(asyncio.wait_for(result, BLOCK_TIMEOUT_S))
+        finally:
+            os.chdir(before)
         return ""
 
     def sql(self, block: Block) -> str:

@@ -387,7 +387,7 @@ async def test_peers_and_a_producer_on_role_credentials_materialize_an_epoch(tmp
             ops = tmp_path / "ops.jsonl"
             ops.write_text("".join(json.dumps({"table": "users", "key": f"u{i}", "kind": "upsert",
                                                "data": {"name": f"n{i}"}}) + "\n" for i in range(20)))  # fmt: skip
-            result = oplog_cli("publish", "--db", "t", "--nats", server.url, "--user", "p2", str(ops),
+            result = oplog_cli("publish", "--receipts", "--db", "t", "--nats", server.url, "--user", "p2", str(ops),
                                env={"OPLOG_NATS_PASSWORD": password(tmp_path, "p2")})  # fmt: skip
             assert result.returncode == 0, result.stderr
             epoch = max(json.loads(line)["epoch"] for line in result.stdout.splitlines())
@@ -532,7 +532,7 @@ async def test_role_permissions_in_creds_files_run_a_peer_and_a_producer_in_oper
         ops = tmp_path / "ops.jsonl"
         ops.write_text("".join(json.dumps({"table": "users", "key": f"u{i}", "kind": "upsert", "data": {}}) + "\n"
                                for i in range(5)))  # fmt: skip
-        result = oplog_cli("publish", *on, "--creds", str(producer), str(ops))
+        result = oplog_cli("publish", "--receipts", *on, "--creds", str(producer), str(ops))
         assert result.returncode == 0, result.stderr
         epoch = max(json.loads(line)["epoch"] for line in result.stdout.splitlines())
         async with as_user(server, NatsOptions(creds=admin), "admin") as nc:

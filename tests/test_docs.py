@@ -31,6 +31,7 @@ def test_every_checked_block_runs_or_says_why_not() -> None:
 def test_the_code_blocks_of(document: str, tmp_path: Path) -> None:
     world = World(tmp_path).start()
     try:
+        world.declare_files(document)
         for block in blocks(document):
             if block.language not in CHECKED or block.norun:
                 continue
