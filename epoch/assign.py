@@ -273,10 +273,13 @@ class Assigner:
             try:
                 # Canonical bytes: the size the limit applies to, and (decode_record) the
                 # bytes the op's digest is hashed from.
-                wire: bytes | None = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
-                size = len(wire)  # type: ignore[arg-type]
+                wire = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
+                size = len(wire)
             except TypeError:
-                wire, size = None, 0
+                # Nested past orjson's 254 levels: it has no canonical form, so no digest.
+                self._reject(seq, index, raw_op_id(raw), Reason.INVALID_OP,
+                             "op cannot be encoded as canonical JSON (nested too deeply)", raw)  # fmt: skip
+                continue
             if size > max_bytes:
                 self._reject(
                     seq, index, raw_op_id(raw), Reason.OVERSIZE, f"op is {size} bytes; the limit is {max_bytes}", raw

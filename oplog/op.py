@@ -24,9 +24,11 @@ RESERVED_TABLE_PREFIX = "oplog_"
 # ``dolt_*``. Both are refused whatever the backend, so every peer (and ``oplog verify``,
 # which recomputes in doltlite) decides alike. Compared case-insensitively, as both engines do.
 ENGINE_RESERVED_PREFIXES = ("sqlite_", "dolt_")
-# The deepest JSON an op's data may hold. orjson cannot encode past 254 levels, MySQL's
-# JSON stops at 100; 64 leaves room under both and is far past any real document.
-MAX_JSON_DEPTH = 64
+# The deepest JSON an op's data may hold, counting the data object as level 1. orjson
+# (canonical JSON, digests) encodes at most 254 nested containers, and an op is one more
+# level around its data. Peers check it by encoding each op once (epoch.assign), which
+# they do anyway for its size; the model checks it here, for producers.
+MAX_JSON_DEPTH = 253
 
 KeyValue = str | int
 
@@ -264,7 +266,7 @@ def _fast_fields(raw: Any) -> tuple[int, int, str, str, str, tuple[KeyValue, ...
         return None
     op_kind = _KINDS.get(kind) if type(kind) is str else None
     data = raw.get("data")
-    if op_kind is None or (data is not None and (type(data) is not dict or json_too_deep(data))):
+    if op_kind is None or (data is not None and type(data) is not dict):
         return None
     interned = _NODES.get(node)
     if interned is None:
