@@ -23,7 +23,6 @@ ops were prepared (``tests/test_plan.py`` holds both equal).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -52,6 +51,10 @@ class Reader(Protocol):
 
     def known_op_ids(self, ids: list[str]) -> dict[str, str]:
         """``id -> digest`` for those of ``ids`` applied within the dedup horizon."""
+
+    def check_key(self, table: TableSchema, key: Key) -> None:
+        """Raise ``OpRejected("bad_key")`` if the backend cannot store ``key`` in ``table``
+        (``Backend.check_key``): a function of backend kind and schema only."""
 
 
 @dataclass(frozen=True)
@@ -132,26 +135,13 @@ def _check_key(table: TableSchema, op: OpLike) -> None:
 
 def _key_fits(table: TableSchema) -> Callable[[Key], bool]:
     """A quick test that a key has ``table``'s shape (exact str/int parts); a key that
-    fails it goes through :func:`_check_key`, which decides and words the rejection."""
-    fits = _KEY_FITS.get(id(table))
-    if fits is not None and fits[0] is table:
-        return fits[1]
-    types = tuple(str if c.type is ColumnType.TEXT else int for c in map(table.column, table.primary_key))  # type: ignore[union-attr]
+    fails it goes through :func:`_check_key`, which decides and words the rejection.
+    (The key's part types are a cached property of the schema value itself.)"""
+    types = table.key_types
     if len(types) == 1:
         only = types[0]
-        check: Callable[[Key], bool] = lambda key: len(key) == 1 and type(key[0]) is only  # noqa: E731
-    else:
-        check = lambda key: len(key) == len(types) and all(type(p) is t for p, t in zip(key, types, strict=True))  # noqa: E731
-    with _KEY_FITS_LOCK:  # peers in one process plan in parallel threads
-        if len(_KEY_FITS) >= 256:
-            _KEY_FITS.clear()
-        # Keyed by id(); the entry holds the schema itself, so the id cannot be reused.
-        _KEY_FITS[id(table)] = (table, check)
-    return check
-
-
-_KEY_FITS: dict[int, tuple[TableSchema, Callable[[Key], bool]]] = {}
-_KEY_FITS_LOCK = threading.Lock()
+        return lambda key: len(key) == 1 and type(key[0]) is only
+    return lambda key: len(key) == len(types) and all(type(p) is t for p, t in zip(key, types, strict=True))
 
 
 class _Refused(NamedTuple):
@@ -177,9 +167,8 @@ def prepare_op(op: OpRecord, tables: Mapping[str, TableSchema], reader: Reader |
         try:
             if not _key_fits(table)(op.key):
                 _check_key(table, op)
-            check_storable = getattr(reader, "check_key", None)
-            if check_storable is not None:
-                check_storable(table, op.key)
+            if reader is not None:
+                reader.check_key(table, op.key)
         except OpRejected as e:
             return (table, _Refused(e, True))
         try:
@@ -387,7 +376,7 @@ def _rows_by_table(
 ) -> dict[str, tuple[TableSchema, dict[Key, Accepted | list[Accepted]]]]:
     """Survivors that name a declared table and fit its key, by table and row, in apply
     order. A row touched once holds its op; a row touched again holds a list."""
-    check_storable = getattr(reader, "check_key", None)
+    check_storable = reader.check_key
     tables: dict[str, tuple[TableSchema, Callable[[Key], bool], dict[Key, Any]] | None] = {}
     for acc in survivors:
         op = acc.op
@@ -408,8 +397,7 @@ def _rows_by_table(
                     _check_key(table, op)
                 # Storage limits of the backend (e.g. VARCHAR length on dolt-server) are a
                 # function of backend kind and schema only, so every peer rejects alike.
-                if check_storable is not None:
-                    check_storable(table, key)
+                check_storable(table, key)
             elif type(prepared[1]) is _Refused and prepared[1].by_key:
                 raise prepared[1].error
         except Exception as e:

@@ -119,6 +119,11 @@ class TableSchema(BaseModel):
         return self.columns_by_name.get(name)
 
     @cached_property
+    def key_types(self) -> tuple[type, ...]:
+        """The Python type of each primary-key part (``str`` for text, ``int`` for integer)."""
+        return tuple(str if self.columns_by_name[n].type is ColumnType.TEXT else int for n in self.primary_key)
+
+    @cached_property
     def value_columns(self) -> tuple[Column, ...]:
         return tuple(c for c in self.columns if c.name not in self.primary_key)
 

@@ -283,6 +283,9 @@ class EmptyReader:
     def known_op_ids(self, ids: list[str]) -> dict[str, str]:
         return {}
 
+    def check_key(self, table: TableSchema, key: Any) -> None:
+        return None  # no storage limits beyond the schema's
+
 
 @dataclasses.dataclass
 class Run:

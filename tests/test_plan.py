@@ -59,6 +59,9 @@ class FakeReader:
     def known_op_ids(self, ids: list[str]) -> dict[str, str]:
         return {op_id: self.known[op_id] for op_id in ids if op_id in self.known}
 
+    def check_key(self, table: TableSchema, key: Key) -> None:
+        return None  # no storage limits beyond the schema's
+
 
 def op(
     op_id: str,
