@@ -19,6 +19,7 @@ import asyncio
 import gc
 import logging
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import doltlite  # noqa: F401  (must be imported before anything imports sqlite3)
@@ -30,6 +31,7 @@ from peer import logs, settings
 from peer.commands import changes, database, inspect, publish, reader, serve
 from peer.service import GC_THRESHOLDS
 
+COMMANDS_GROUP = "oplog.commands"
 EXIT_DIVERGED = 3
 EXIT_ERROR = 2
 
@@ -51,20 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     for module in (database, serve, publish, inspect, reader, changes):
         module.register(sub)
 
-    p = sub.add_parser("dev", help="local NATS + N doltlite peers + demo load; stops by itself")
-    p.add_argument("--peers", type=int, default=3)
-    p.add_argument("--seconds", type=float, default=20.0)
-    p.add_argument("--report", type=Path, default=Path("dev-report.json"))
-    p.add_argument("--data-dir", type=Path, help="keep everything here (default: a temporary dir)")
-    p.add_argument("--epoch-ms", type=int, default=1000)
-    p.add_argument("--grace-ms", type=int, default=300)
-    p.add_argument("--rate", type=float, default=500.0, help="demo ops per second")
-    p.add_argument("--cluster", action="store_true", help="a 3-node JetStream cluster with an R3 stream")
-
-    from peer.bench import add_arguments as add_bench_arguments
-
-    p = sub.add_parser("bench", help="measure throughput and latency against baselines (writes JSON)")
-    add_bench_arguments(p)
+    # Tooling commands (`oplog dev`, `oplog bench`) live above the runtime, in devtools/;
+    # they reach the CLI through entry points, so the runtime never imports them.
+    for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        entry.load()(sub)
 
     from peer.auth import add_arguments as add_auth_arguments
 
@@ -88,14 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     # The sealer's job runs every tick; a tick waiting on NATS makes APScheduler log each
     # skipped run. The sealer logs what matters itself, once per change of state.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
-    if args.command == "dev":
-        from peer.dev import run_dev
-
-        return run_dev(args)
-    if args.command == "bench":
-        from peer.bench import run_bench
-
-        return run_bench(args)
+    if hasattr(args, "run"):  # a tooling command: synchronous, its own event loops
+        return int(args.run(args))
     try:
         if args.command == "auth":
             from peer.auth import run_auth

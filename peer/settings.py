@@ -12,7 +12,7 @@ two sources from it, so they cannot drift:
 
 Precedence: flag, then environment, then the command's table, then the file's top
 level, then the built-in default. ``docs/cli.md`` lists every option with its
-variable (``python -m peer.reference`` writes it).
+variable (``python -m devtools.reference`` writes it).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import pytest
 
 from materializer.backends.dolt_server import DEFAULT_COMMITTER_DATE
 from materializer.backends.dolt_server_launcher import DoltServer, DoltServerError
-from peer.natsd import NatsServer
+from devtools.natsd import NatsServer
 from tests.support import BackendFactory, DoltliteBackends, DoltServerBackends
 
 

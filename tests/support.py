@@ -35,7 +35,7 @@ from oplog.schema import SchemaMessage
 from oplog.stream import publish_json
 from oplog.topology import Topology
 from peer.control import init_database, publish_schema
-from peer.demo import USERS
+from devtools.demo import USERS
 from peer.service import connected as connected  # re-exported for the tests and measurements
 
 ORIGIN_MS = 1_700_000_000_000

@@ -47,8 +47,8 @@ from peer.auth import (
 )
 from peer.cli import build_parser
 from peer.commands.common import nats_options
-from peer.natsd import NatsServer, ServerTls, find_nats_server
-from peer.processes import PeerProcess
+from devtools.natsd import NatsServer, ServerTls, find_nats_server
+from devtools.processes import PeerProcess
 from peer.service import PeerConfig
 from tests.support import read_db
 

@@ -33,7 +33,7 @@ from materializer.plan import TableChange, TableWrites
 from oplog.op import Op
 from oplog.schema import SchemaMessage, TableSchema
 from oplog.topology import Topology
-from peer.natsd import NatsServer
+from devtools.natsd import NatsServer
 from tests.support import (
     BackendFactory,
     DoltliteBackends,

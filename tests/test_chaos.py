@@ -1,4 +1,4 @@
-"""The chaos suite (``peer/chaos*.py``): one test per scenario, and the bugs it found.
+"""The chaos suite (``devtools/chaos*.py``): one test per scenario, and the bugs it found.
 
 Each scenario runs real nats-server (a 3-node cluster where it says so) and doltlite
 peers as ``oplog serve`` subprocesses, injects its fault, and checks every peer's own
@@ -33,9 +33,9 @@ from oplog.op import Op
 from oplog.producer import Producer, ProducerConfig
 from oplog.stream import ensure_stream
 from oplog.topology import StreamLimits, Topology
-from peer.chaos import SCENARIOS, run_scenario
-from peer.chaos_rows import Expectation, PeerLedger, ResultRow, build_row, compare_hashes, format_table
-from peer.natsd import NatsCluster, NatsServer
+from devtools.chaos import SCENARIOS, run_scenario
+from devtools.chaos_rows import Expectation, PeerLedger, ResultRow, build_row, compare_hashes, format_table
+from devtools.natsd import NatsCluster, NatsServer
 from peer.service import connect
 from tests.support import config, connected, publish_batch, seal, setup_db, wall
 

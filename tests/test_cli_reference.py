@@ -6,14 +6,14 @@ from pathlib import Path
 
 from peer import settings
 from peer.cli import build_parser
-from peer.reference import reference
+from devtools.reference import reference
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 
 
 def test_the_reference_page_is_up_to_date() -> None:
     assert PAGE.read_text() == reference(build_parser()), (
-        "docs/cli.md is out of date: run `python -m peer.reference > docs/cli.md`"
+        "docs/cli.md is out of date: run `python -m devtools.reference > docs/cli.md`"
     )
 
 

@@ -53,7 +53,7 @@ from peer.auth import run_auth
 from peer.cli import build_parser
 from peer.commands import common
 from peer.metrics import PeerMetrics
-from peer.natsd import find_nats_server
+from devtools.natsd import find_nats_server
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_DIR = ROOT / "compose"

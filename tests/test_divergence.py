@@ -10,7 +10,7 @@ import pytest
 from materializer.errors import Divergence
 from materializer.hashes import HashBoard
 from peer import metrics
-from peer.natsd import NatsServer
+from devtools.natsd import NatsServer
 from tests.running_peers import EPOCHS, FAULT_EPOCH, epoch_hashes, three_peers, wait_until
 
 pytestmark = pytest.mark.integration

@@ -22,8 +22,8 @@ from materializer.materializer import Materializer
 from materializer.snapshots import SnapshotPolicy
 from oplog.op import Op
 from oplog.topology import Topology
-from peer.natsd import NatsServer
-from peer.processes import PeerProcess
+from devtools.natsd import NatsServer
+from devtools.processes import PeerProcess
 from tests.conftest import start_dolt_server
 from tests.support import (
     DoltServerBackends,

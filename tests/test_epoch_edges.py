@@ -10,7 +10,7 @@ from epoch.sealer import Sealer
 from oplog.op import Op
 from oplog.schema import format_epoch_ms
 from oplog.topology import Topology
-from peer.natsd import NatsServer
+from devtools.natsd import NatsServer
 from tests.support import (
     EPOCH_MS,
     ORIGIN_MS,

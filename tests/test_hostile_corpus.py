@@ -50,8 +50,8 @@ from materializer.plan import plan_epoch, prepare_op
 from materializer.readahead import ReadAhead
 from oplog.stream import ensure_stream
 from oplog.topology import Topology
-from peer.natsd import NatsServer
-from peer.processes import PeerProcess
+from devtools.natsd import NatsServer
+from devtools.processes import PeerProcess
 from tests import hostile_corpus as hc
 from tests.support import connected
 

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from oplog.op import Op
 from oplog.topology import Topology
 from peer import metrics
-from peer.natsd import NatsServer, free_ports
+from devtools.natsd import NatsServer, free_ports
 from peer.service import PeerConfig, run_peer
 from tests.support import config, connected, publish_batch, publish_raw, seal, setup_db, wall
 

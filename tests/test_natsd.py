@@ -21,7 +21,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
-from peer.natsd import (
+from devtools.natsd import (
     NatsCluster,
     NatsServer,
     NatsServerError,

@@ -19,10 +19,10 @@ import orjson
 import pytest
 
 from materializer.backends.doltlite import DoltliteBackend, child_env
-from peer.chaos_harness import Deployment, Load, db_config, loading
+from devtools.chaos_harness import Deployment, Load, db_config, loading
 from peer.control import read_timeline
-from peer.natsd import NatsServer, free_ports
-from peer.processes import PeerProcess
+from devtools.natsd import NatsServer, free_ports
+from devtools.processes import PeerProcess
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,8 @@ from materializer.backends.doltlite import DoltliteBackend, child_env
 from materializer.hashes import HashBoard
 from oplog.op import Op
 from oplog.topology import Topology
-from peer.natsd import NatsServer
-from peer.processes import PeerProcess
+from devtools.natsd import NatsServer
+from devtools.processes import PeerProcess
 from tests.support import config, connected, lww_reference, publish_batch, read_db, seal, setup_db, wall
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,7 @@ from oplog.hlc import HybridLogicalClock
 from oplog.op import Op
 from oplog.producer import Producer, ProducerConfig
 from oplog.topology import StreamLimits, Topology
-from peer.natsd import NatsServer
+from devtools.natsd import NatsServer
 from tests.support import (
     BackendFactory,
     InProcessPeer,

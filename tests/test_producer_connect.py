@@ -38,7 +38,7 @@ from oplog.stream import ensure_stream, publish_json
 from oplog.sync import SyncProducer
 from oplog.topology import Topology
 from peer.control import init_database, read_config
-from peer.natsd import NatsServer
+from devtools.natsd import NatsServer
 from tests.support import connected, seal
 
 ROOT = Path(__file__).resolve().parent.parent

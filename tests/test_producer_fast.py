@@ -25,7 +25,7 @@ from oplog.op import Op
 from oplog.producer import Producer, ProducerConfig, Receipt, ReceiptFuture, _OpIds, _receipt, encode_op
 from oplog.stream import ensure_stream
 from oplog.topology import StreamLimits, Topology
-from peer.natsd import NatsServer
+from devtools.natsd import NatsServer
 from tests.support import connected
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ from epoch.assign import StreamMessage
 from materializer.reader import StreamReader
 from oplog.stream import ensure_stream
 from oplog.topology import StreamLimits, Topology
-from peer.natsd import NatsServer
+from devtools.natsd import NatsServer
 from tests.support import connected
 
 pytestmark = pytest.mark.integration

@@ -28,8 +28,8 @@ from oplog.op import Op
 from oplog.stream import ensure_stream, publish_json
 from oplog.topology import Topology
 from peer.commands.reader import commit_holding, parse_receipt
-from peer.natsd import NatsServer, free_ports
-from peer.processes import PeerProcess
+from devtools.natsd import NatsServer, free_ports
+from devtools.processes import PeerProcess
 from tests.support import config, connected, publish_batch, seal, wall
 
 pytestmark = pytest.mark.integration

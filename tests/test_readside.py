@@ -23,7 +23,7 @@ from oplog.hlc import HybridLogicalClock
 from oplog.op import Op
 from oplog.producer import Producer, ProducerConfig
 from oplog.topology import Topology
-from peer.natsd import NatsServer
+from devtools.natsd import NatsServer
 from tests.support import BackendFactory, InProcessPeer, config, connected, publish_batch, seal, setup_db, wall
 from tests.test_backend_contract import END_MS, HISTORY
 

@@ -22,7 +22,7 @@ from materializer.snapshots import SnapshotInfo, SnapshotPolicy, SnapshotStore
 from oplog.stream import ensure_stream
 from oplog.topology import Topology
 from peer.control import init_database, publish_roster, read_config
-from peer.natsd import NatsServer
+from devtools.natsd import NatsServer
 from tests.support import config, connected
 
 HONEST, FORGED = "h" * 40, "f" * 40

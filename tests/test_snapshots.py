@@ -11,7 +11,7 @@ from materializer.materializer import Materializer
 from materializer.snapshots import SnapshotPolicy
 from oplog.op import Op
 from oplog.topology import Topology
-from peer.natsd import NatsServer
+from devtools.natsd import NatsServer
 from tests.support import config, connected, publish_batch, seal, setup_db, wall
 
 pytestmark = pytest.mark.integration

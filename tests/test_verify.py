@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from materializer.backends.doltlite import child_env
-from peer.natsd import NatsServer
+from devtools.natsd import NatsServer
 from tests.running_peers import EPOCHS, FAULT_EPOCH, three_peers, wait_until
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ from epoch.config import DatabaseConfig
 from materializer.backends.doltlite import DoltliteBackend
 from materializer.plan import plan_epoch
 from oplog.op import Op
-from peer.demo import EPOCH_MS, ORIGIN_MS, USERS, demo_config
+from devtools.demo import EPOCH_MS, ORIGIN_MS, USERS, demo_config
 
 
 def genesis_backend(path: Path, db: str) -> tuple[DoltliteBackend, DatabaseConfig]:

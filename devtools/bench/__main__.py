@@ -1,4 +1,4 @@
-"""``python -m peer.bench [options]``: the bench without the CLI (and the RSS peer child)."""
+"""``python -m devtools.bench [options]``: the bench without the CLI (and the RSS peer child)."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from peer.natsd import NatsServer
+from devtools.natsd import NatsServer
 from peer.service import GC_THRESHOLDS
 
 from .cherry import measure_cherry
@@ -83,7 +83,7 @@ async def _run(args: argparse.Namespace) -> int:
     rows = rows_of(results)
     table = render(rows)
     argv = getattr(args, "_argv", None)
-    command = "python -m peer.bench " + " ".join(argv) if argv is not None else "oplog " + " ".join(sys.argv[1:])
+    command = "python -m devtools.bench " + " ".join(argv) if argv is not None else "oplog " + " ".join(sys.argv[1:])
     write_document(out_path, command=command, mode=mode, started=started, sizes=s, elapsed=elapsed,
                    results=results, rows=rows, table=table)  # fmt: skip
     print()
@@ -99,7 +99,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m peer.bench [options]``, or the RSS peer child (``_rss-peer …``)."""
+    """``python -m devtools.bench [options]``, or the RSS peer child (``_rss-peer …``)."""
     argv = sys.argv[1:] if argv is None else argv
     gc.set_threshold(*GC_THRESHOLDS)  # as `oplog serve` runs a peer (and the RSS child)
     if argv[:1] == [RSS_PEER_COMMAND]:

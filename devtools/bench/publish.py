@@ -14,7 +14,7 @@ from oplog.op import Op
 from oplog.producer import Producer, ProducerConfig
 from oplog.stream import ensure_stream
 from oplog.topology import Topology
-from peer.demo import TABLE
+from devtools.demo import TABLE
 
 from .options import Sizes
 from .stats import rate

@@ -1,6 +1,6 @@
 """The rss measurement: peak RSS (VmHWM) of a peer subprocess materializing a prefilled stream.
 
-The child is this package run as ``python -m peer.bench _rss-peer URL DB DATA_DIR LAST_EPOCH
+The child is this package run as ``python -m devtools.bench _rss-peer URL DB DATA_DIR LAST_EPOCH
 [traced]``; it prints one JSON line. ``ru_maxrss`` is not used: it inherits the parent's
 RSS across fork.
 """

@@ -1,6 +1,6 @@
 """``oplog bench``: throughput, latency and the cherry-pick baseline, measured in one run.
 
-Everything runs on this machine: a real ``nats-server`` on loopback (``peer.natsd``),
+Everything runs on this machine: a real ``nats-server`` on loopback (``devtools.natsd``),
 real doltlite files in a temporary directory and, for one materialize row, a private
 ``dolt sql-server``; all are stopped and removed at the end (even on error; ``--keep``
 keeps the files). Every ratio compares two figures measured in the *same* run, so the
@@ -27,11 +27,13 @@ The rest: ``options`` (flags and sizes), ``cli`` (the run), ``report`` (table, t
 JSON), ``streams`` (filling a stream), ``raw_insert`` (the materialize baselines),
 ``timed_materializer`` and ``direct_epochs`` (shared by several measurements), ``stats``.
 
-Not a test: nothing here asserts timing. ``python -m peer.bench --quick`` runs it
+Not a test: nothing here asserts timing. ``python -m devtools.bench --quick`` runs it
 without the CLI.
 """
 
 from __future__ import annotations
+
+import argparse
 
 import doltlite  # noqa: F401  (must precede anything that imports sqlite3)
 
@@ -40,3 +42,10 @@ from .cli import main, run_bench
 from .options import add_arguments
 
 __all__ = ["add_arguments", "main", "run_bench"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``oplog bench`` (through the ``oplog.commands`` entry point)."""
+    p = sub.add_parser("bench", help="measure throughput and latency against baselines (writes JSON)")
+    add_arguments(p)
+    p.set_defaults(run=run_bench)

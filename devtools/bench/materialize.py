@@ -15,7 +15,7 @@ from typing import Any
 
 from materializer.backends.doltlite import DoltliteBackend
 from oplog.topology import Topology
-from peer.demo import TABLE
+from devtools.demo import TABLE
 
 from .materialize_dolt_server import measure_dolt_server
 from .options import Sizes

@@ -17,7 +17,7 @@ from nats.js import JetStreamContext
 from materializer.backends.doltlite import DoltliteBackend
 from materializer.materializer import Materializer, OnCommit
 from oplog.topology import Topology
-from peer.demo import wire_upsert
+from devtools.demo import wire_upsert
 
 from .options import Sizes
 from .stats import percentile

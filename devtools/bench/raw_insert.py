@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from materializer.backends import dolt_server_sql, doltlite
-from peer.demo import TABLE, USERS_TABLE
+from devtools.demo import TABLE, USERS_TABLE
 
 from .options import AUTHOR
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from oplog.op import Op
-from peer.demo import EPOCH_MS, ORIGIN_MS, TABLE
+from devtools.demo import EPOCH_MS, ORIGIN_MS, TABLE
 
 from .direct_epochs import epoch_commit, genesis_backend
 from .options import AUTHOR, Sizes

@@ -23,7 +23,7 @@ from .streams import connected, prefill
 from .timed_materializer import materialize_once
 
 OWN_PACKAGES = ("oplog/", "epoch/", "materializer/", "peer/")
-BENCH_DIR = str(__package__).replace(".", "/") + "/"  # peer/bench/: the bench's own frames are not project code
+BENCH_DIR = str(__package__).replace(".", "/") + "/"  # devtools/bench/: the bench's own frames are not project code
 
 
 def _top_frames(session: Any, limit: int = 12) -> dict[str, list[dict[str, Any]]]:

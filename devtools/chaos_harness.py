@@ -31,10 +31,10 @@ from oplog.op import Op
 from oplog.producer import Producer, ProducerConfig, Receipt
 from oplog.schema import SchemaMessage
 from oplog.topology import StreamLimits, Topology
-from peer.chaos_rows import TABLE, PeerLedger
+from devtools.chaos_rows import TABLE, PeerLedger
 from peer.control import default_origin_ms, init_database, publish_schema
-from peer.natsd import NatsCluster, NatsServer
-from peer.processes import PeerProcess, stop_all
+from devtools.natsd import NatsCluster, NatsServer
+from devtools.processes import PeerProcess, stop_all
 from peer.service import connect
 
 DB = "chaos"

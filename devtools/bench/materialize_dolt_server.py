@@ -24,7 +24,7 @@ from materializer.backends.dolt_server import DEFAULT_COMMITTER_DATE, DoltServer
 from materializer.backends.dolt_server_launcher import DoltServer, DoltServerError
 from materializer.backends.dolt_server_sql import quote
 from oplog.topology import Topology
-from peer.demo import TABLE
+from devtools.demo import TABLE
 
 from .options import Sizes
 from .raw_insert import into_dolt_server

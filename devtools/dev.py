@@ -28,9 +28,9 @@ from oplog.hlc import HybridLogicalClock
 from oplog.producer import Producer
 from oplog.topology import StreamLimits, Topology
 from peer.control import default_origin_ms, init_database, publish_schema
-from peer.demo import DEMO_SCHEMA
-from peer.natsd import NatsCluster, NatsServer
-from peer.processes import PeerProcess
+from devtools.demo import DEMO_SCHEMA
+from devtools.natsd import NatsCluster, NatsServer
+from devtools.processes import PeerProcess
 from peer.service import connect
 
 DB = "demo"
@@ -194,3 +194,17 @@ def _print_summary(report: dict[str, Any]) -> None:
         f"{report['epochs_compared']} epochs on all {len(report['peers'])} peers; "
         + ("every hash identical" if report["agree"] else "PEERS DISAGREE")
     )
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``oplog dev`` (through the ``oplog.commands`` entry point)."""
+    p = sub.add_parser("dev", help="local NATS + N doltlite peers + demo load; stops by itself")
+    p.add_argument("--peers", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--report", type=Path, default=Path("dev-report.json"))
+    p.add_argument("--data-dir", type=Path, help="keep everything here (default: a temporary dir)")
+    p.add_argument("--epoch-ms", type=int, default=1000)
+    p.add_argument("--grace-ms", type=int, default=300)
+    p.add_argument("--rate", type=float, default=500.0, help="demo ops per second")
+    p.add_argument("--cluster", action="store_true", help="a 3-node JetStream cluster with an R3 stream")
+    p.set_defaults(run=run_dev)

@@ -11,7 +11,7 @@ from typing import Any
 from materializer.backends.doltlite import DoltliteBackend
 from oplog.codec import canonical_json
 from oplog.op import Op
-from peer.demo import EPOCH_MS, ORIGIN_MS, TABLE
+from devtools.demo import EPOCH_MS, ORIGIN_MS, TABLE
 
 from .direct_epochs import epoch_commit, genesis_backend
 from .options import AUTHOR, Sizes

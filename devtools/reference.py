@@ -1,4 +1,4 @@
-"""Writes docs/cli.md, the reference of every command and option: ``python -m peer.reference``.
+"""Writes docs/cli.md, the reference of every command and option: ``python -m devtools.reference``.
 
 ``tests/test_cli_reference.py`` fails when the page differs from what this prints, so
 the page is always the parser's own account of the options.
@@ -14,7 +14,7 @@ from peer.cli import build_parser
 
 INTRO = """# Command reference
 
-Generated from the parser by `python -m peer.reference > docs/cli.md`; a test fails
+Generated from the parser by `python -m devtools.reference > docs/cli.md`; a test fails
 when this page is out of date.
 
 Every option can also be set with an environment variable (the **env** column) or in a

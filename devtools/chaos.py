@@ -18,10 +18,10 @@ table holds exactly the acknowledged, non-rejected ops, and nothing disagrees.
 
 The suite is bounded: every scenario runs under a wall-clock budget, every wait has
 a deadline, and every process started is stopped (SIGTERM, then SIGKILL) on the way
-out, failure or not. ``python -m peer.chaos --out chaos-report.json`` runs them all.
+out, failure or not. ``python -m devtools.chaos --out chaos-report.json`` runs them all.
 
 This module holds the scenarios and the runner; the processes, load and ledgers are in
-:mod:`peer.chaos_harness`, the pure result rows in :mod:`peer.chaos_rows`.
+:mod:`devtools.chaos_harness`, the pure result rows in :mod:`devtools.chaos_rows`.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from oplog.nats_errors import TRANSIENT
 from oplog.producer import ProducerConfig
 from oplog.stream import publish_json
 from oplog.topology import Topology
-from peer.chaos_harness import (
+from devtools.chaos_harness import (
     TEN_MINUTES_MS,
     ChaosError,
     Deployment,
@@ -64,9 +64,9 @@ from peer.chaos_harness import (
     loading,
     until,
 )
-from peer.chaos_rows import COLUMNS, Expectation, PeerLedger, ResultRow, build_row, failed_row, format_table
-from peer.natsd import NatsCluster, NatsServer
-from peer.processes import PeerProcess
+from devtools.chaos_rows import COLUMNS, Expectation, PeerLedger, ResultRow, build_row, failed_row, format_table
+from devtools.natsd import NatsCluster, NatsServer
+from devtools.processes import PeerProcess
 
 # -- scenarios ------------------------------------------------------------------------------------
 
@@ -545,7 +545,7 @@ async def run_all(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m peer.chaos", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m devtools.chaos", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("chaos-report.json"), help="JSON report")
     parser.add_argument("--only", action="append", choices=sorted(SCENARIOS), help="run only these (repeatable)")
     parser.add_argument("--seed", type=int, default=1)
