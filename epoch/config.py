@@ -20,9 +20,10 @@ from oplog.topology import DEFAULT_MAX_OP_BYTES
 
 DEFAULT_EPOCH_MS = 1000
 DEFAULT_GRACE_MS = 500
-# How far past the last seal an op (or the next seal) may be, and so how soon a config
-# change can apply: 30 epochs is ~35 s at 1 s epochs (docs/operations.md, the trade-off).
-DEFAULT_MAX_FUTURE_EPOCHS = 30
+# How far past the last seal an op (or the next seal) may be: the clock skew producers
+# may have, how long every sealer may be down while producers publish, and the lead a
+# config change needs (docs/operations.md and decisions #34: the trade-off).
+DEFAULT_MAX_FUTURE_EPOCHS = 600
 DEFAULT_DEDUP_EPOCHS = 3600
 
 # Documented ranges (docs/decisions.md): a config outside them is rejected and recorded

@@ -68,7 +68,7 @@ class InitConfig(BaseModel):
     epoch_ms: int = Field(1000, ge=MIN_EPOCH_MS, le=MAX_EPOCH_MS)
     grace_ms: int = Field(500, ge=0, le=MAX_GRACE_MS)
     late_policy: Literal["carry", "reject"] = "carry"
-    max_future_epochs: int = Field(30, ge=1, le=MAX_MAX_FUTURE_EPOCHS)
+    max_future_epochs: int = Field(600, ge=1, le=MAX_MAX_FUTURE_EPOCHS)
     dedup_epochs: int = Field(3600, ge=1, le=MAX_DEDUP_EPOCHS)
     max_op_bytes: int = Field(DEFAULT_MAX_OP_BYTES, gt=0, le=MAX_OP_BYTES)
     author_name: str = Field("oplog", min_length=1, max_length=200, pattern=r"^[^<>\x00-\x1f\x7f]+$")
