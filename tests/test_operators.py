@@ -136,14 +136,16 @@ async def test_status_shows_a_killed_peer_down_and_says_degraded(tmp_path: Path)
 
         peers[1].kill()
         killed = time.monotonic()
+        # Degraded, first perhaps for its lag (it stops committing at once), then down too
+        # (its heartbeat ages past three intervals): wait for the verdict naming it down.
         while True:
             code, report = await status_json(url, db)
-            if code == 3:
+            by_name = {p["name"]: p for p in report.get("peers", [])}
+            if code == 3 and "p2" in by_name and not by_name["p2"]["up"]:
                 break
-            assert time.monotonic() - killed < 30, report
-        print(f"degraded reported {time.monotonic() - killed:.1f} s after the SIGKILL")
-        by_name = {p["name"]: p for p in report["peers"]}
-        assert report["verdict"] == "degraded" and not by_name["p2"]["up"] and by_name["p1"]["up"]
+            assert code in (0, 3) and time.monotonic() - killed < 30, report
+        print(f"p2 reported down, verdict degraded, {time.monotonic() - killed:.1f} s after the SIGKILL")
+        assert report["verdict"] == "degraded" and by_name["p1"]["up"] and by_name["p3"]["up"]
         assert any(r.startswith("peer p2: down") for r in report["reasons"])
 
         # An unknown database is an error, with one line.
