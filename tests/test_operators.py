@@ -267,3 +267,49 @@ def test_a_data_dir_and_a_peer_name_are_held_by_one_peer(tmp_path: Path) -> None
     finally:
         first.stop()
         server.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_peer_stopped_inside_a_commit_abandons_it_and_resumes_it_on_restart(tmp_path: Path) -> None:
+    from devtools.chaos_harness import last_committed_epoch
+    from materializer.faults import FaultDir
+
+    server = NatsServer(tmp_path / "nats")
+    server.start()
+    faults = FaultDir(tmp_path / "faults")
+    peer = PeerProcess("a", "t", server.url, tmp_path / "a",
+                       extra=["--stop-grace", "1", "--fault-dir", str(tmp_path / "faults")])  # fmt: skip
+    try:
+        assert oplog("init", "--nats", server.url, "--db", "t", "--epoch-ms", "200", "--grace-ms", "0").returncode == 0
+        peer.start()
+        # Held inside its commit: every row of the epoch written, the Dolt commit not made.
+        faults.arm("commit.before-dolt-commit")
+        deadline = time.monotonic() + 30
+        while (held := faults.held_at("commit.before-dolt-commit")) is None:
+            assert peer.running and time.monotonic() < deadline, peer.log_tail()
+            time.sleep(0.05)
+        assert peer.proc is not None
+        peer.proc.send_signal(signal.SIGTERM)
+        # Past --stop-grace the peer abandons the commit it is in; only then is the hold
+        # lifted, and the held thread finds its connection closed (rolled back).
+        deadline = time.monotonic() + 30
+        while "abandoning the current step" not in peer.log_tail(20):
+            assert time.monotonic() < deadline, peer.log_tail()
+            time.sleep(0.05)
+        faults.release("commit.before-dolt-commit")
+        took = wait_exit(peer.proc, 30)
+        assert peer.proc.returncode == 0, peer.log_tail()
+        assert "abandoned" in peer.log_tail(20)
+        # Nothing of the held epoch landed; a restart commits it, once.
+        committed = last_committed_epoch(peer.db_path)
+        assert committed is None or committed < held
+        print(f"stopped {took:.1f} s after the hold was released; held in epoch {held}, committed {committed}")
+        peer.start()
+        deadline = time.monotonic() + 30
+        while (last_committed_epoch(peer.db_path) or -1) < held:
+            assert peer.running and time.monotonic() < deadline, peer.log_tail()
+            time.sleep(0.1)
+    finally:
+        faults.release("commit.before-dolt-commit")
+        peer.stop()
+        server.stop()
