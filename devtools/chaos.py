@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import re
 import shutil
@@ -46,14 +45,6 @@ import doltlite  # noqa: F401  (must precede anything that imports sqlite3)
 import orjson
 from nats.aio.client import Client
 
-from epoch.config import LatePolicy
-from materializer.faults import FaultDir
-from materializer.snapshots import SnapshotStore
-from oplog.hlc import system_clock_ms
-from oplog.nats_errors import TRANSIENT
-from oplog.producer import ProducerConfig
-from oplog.stream import publish_json
-from oplog.topology import Topology
 from devtools.chaos_harness import (
     TEN_MINUTES_MS,
     ChaosError,
@@ -66,7 +57,14 @@ from devtools.chaos_harness import (
 )
 from devtools.chaos_rows import COLUMNS, Expectation, PeerLedger, ResultRow, build_row, failed_row, format_table
 from devtools.natsd import NatsCluster, NatsServer
-from devtools.processes import PeerProcess
+from epoch.config import LatePolicy
+from materializer.faults import FaultDir
+from materializer.snapshots import SnapshotStore
+from oplog.hlc import system_clock_ms
+from oplog.nats_errors import TRANSIENT
+from oplog.producer import ProducerConfig
+from oplog.stream import publish_json
+from oplog.topology import Topology
 
 # -- scenarios ------------------------------------------------------------------------------------
 

@@ -21,6 +21,9 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 
+from devtools.chaos_rows import TABLE, PeerLedger
+from devtools.natsd import NatsCluster, NatsServer
+from devtools.processes import PeerProcess, stop_all
 from epoch.config import DatabaseConfig, LatePolicy, Timeline
 from materializer.backends.doltlite import DoltliteBackend
 from materializer.buckets import key_value
@@ -31,10 +34,7 @@ from oplog.op import Op
 from oplog.producer import Producer, ProducerConfig, Receipt
 from oplog.schema import SchemaMessage
 from oplog.topology import StreamLimits, Topology
-from devtools.chaos_rows import TABLE, PeerLedger
 from peer.control import default_origin_ms, init_database, publish_schema
-from devtools.natsd import NatsCluster, NatsServer
-from devtools.processes import PeerProcess, stop_all
 from peer.service import connect
 
 DB = "chaos"

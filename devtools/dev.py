@@ -21,6 +21,9 @@ from typing import Any
 
 import orjson
 
+from devtools.demo import DEMO_SCHEMA
+from devtools.natsd import NatsCluster, NatsServer
+from devtools.processes import PeerProcess
 from epoch.config import DatabaseConfig
 from materializer.backends.doltlite import DoltliteBackend
 from materializer.hashes import HashBoard
@@ -28,9 +31,6 @@ from oplog.hlc import HybridLogicalClock
 from oplog.producer import Producer
 from oplog.topology import StreamLimits, Topology
 from peer.control import default_origin_ms, init_database, publish_schema
-from devtools.demo import DEMO_SCHEMA
-from devtools.natsd import NatsCluster, NatsServer
-from devtools.processes import PeerProcess
 from peer.service import connect
 
 DB = "demo"

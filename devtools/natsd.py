@@ -24,8 +24,8 @@ import sysconfig
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 HOST = "127.0.0.1"

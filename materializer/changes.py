@@ -162,8 +162,9 @@ def _open(target: Backend | str | os.PathLike[str] | Any) -> Iterator[_Reader]:
     path = Path(target)
     if not path.is_file():
         raise BackendError(f"no database file {path}")
-    import doltlite  # noqa: F401  (before sqlite3, as everywhere)
     import sqlite3
+
+    import doltlite  # noqa: F401  (before sqlite3, as everywhere)
 
     try:
         conn = sqlite3.connect(f"file:{url_quote(str(path.resolve()))}?mode=ro", uri=True, isolation_level=None,

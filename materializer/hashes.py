@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import orjson
-from pydantic import BaseModel, ConfigDict
 from nats.js import JetStreamContext
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError
+from pydantic import BaseModel, ConfigDict
 
 from materializer.buckets import key_value, keys_matching
 from oplog.topology import Topology

@@ -13,18 +13,25 @@ import contextvars
 from collections.abc import Iterator
 from typing import Any
 
-LOG_CONTEXT: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("oplog_log_context", default={})
+# Each set() stores a new dict; None until a peer sets one (a shared mutable default
+# would be one dict for every context).
+LOG_CONTEXT: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("oplog_log_context", default=None)
+
+
+def current() -> dict[str, Any]:
+    """The fields every record logged now carries."""
+    return LOG_CONTEXT.get() or {}
 
 
 def set_context(**fields: Any) -> None:
     """Add ``fields`` (db, peer, …) to every record logged from this context on."""
-    LOG_CONTEXT.set({**LOG_CONTEXT.get(), **fields})
+    LOG_CONTEXT.set({**current(), **fields})
 
 
 @contextlib.contextmanager
 def in_epoch(epoch: int) -> Iterator[None]:
     """Records logged inside carry ``epoch``."""
-    token = LOG_CONTEXT.set({**LOG_CONTEXT.get(), "epoch": epoch})
+    token = LOG_CONTEXT.set({**current(), "epoch": epoch})
     try:
         yield
     finally:

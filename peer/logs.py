@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from oplog.logcontext import LOG_CONTEXT, set_context
+from oplog.logcontext import current, set_context
 
 __all__ = ["ContextFilter", "JsonFormatter", "configure", "set_context"]
 
@@ -26,7 +26,7 @@ class ContextFilter(logging.Filter):
     """Copies the context variables onto each record (``record.oplog_context`` for text)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        context = LOG_CONTEXT.get()
+        context = current()
         record.oplog = context
         record.oplog_context = "".join(f" {k}={v}" for k, v in context.items())
         return True

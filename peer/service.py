@@ -27,14 +27,14 @@ from materializer.hashes import HashBoard
 from materializer.materializer import EpochReport, Materializer
 from materializer.snapshots import SnapshotInfo, SnapshotPolicy
 from oplog.connection import NatsOptions
-from oplog.nats_errors import CLUSTER_SETTLING
 from oplog.connection import close as close_nats
 from oplog.connection import connect as connect_nats
+from oplog.nats_errors import CLUSTER_SETTLING
 from oplog.stream import ensure_stream, publish_json
 from oplog.topology import StreamLimits, Topology
 from peer import logs, metrics
-from peer.control import read_config
 from peer.claims import DataDirLock, claim_name
+from peer.control import read_config
 from peer.heartbeat import CatchUp, Pulse, now_ms
 from peer.status import DOWN_AFTER_BEATS, DOWN_AFTER_MIN_S
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import doltlite  # noqa: F401
 import pytest
 
+from devtools.natsd import NatsServer
 from materializer.backends.dolt_server import DEFAULT_COMMITTER_DATE
 from materializer.backends.dolt_server_launcher import DoltServer, DoltServerError
-from devtools.natsd import NatsServer
 from tests.support import BackendFactory, DoltliteBackends, DoltServerBackends
 
 

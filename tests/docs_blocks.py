@@ -43,8 +43,8 @@ from typing import Any
 import doltlite  # noqa: F401  (before sqlite3 is used)
 import orjson
 
-from materializer.backends.doltlite import child_env
 from devtools.natsd import NatsServer
+from materializer.backends.doltlite import child_env
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = ("README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")), "compose/README.md")

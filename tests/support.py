@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 from nats.js import JetStreamContext
 
+from devtools.demo import USERS
 from epoch.config import DatabaseConfig
 from materializer.backend import Backend
 from materializer.backends.dolt_server import DoltServerBackend
@@ -35,7 +36,6 @@ from oplog.schema import SchemaMessage
 from oplog.stream import publish_json
 from oplog.topology import Topology
 from peer.control import init_database, publish_schema
-from devtools.demo import USERS
 from peer.service import connected as connected  # re-exported for the tests and measurements
 
 ORIGIN_MS = 1_700_000_000_000

@@ -29,6 +29,8 @@ import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from devtools.natsd import NatsServer, ServerTls, find_nats_server
+from devtools.processes import PeerProcess
 from materializer.hashes import HashBoard
 from oplog.connection import NatsOptions, connect, redact
 from oplog.errors import NatsAuthError
@@ -47,8 +49,6 @@ from peer.auth import (
 )
 from peer.cli import build_parser
 from peer.commands.common import nats_options
-from devtools.natsd import NatsServer, ServerTls, find_nats_server
-from devtools.processes import PeerProcess
 from peer.service import PeerConfig
 from tests.support import read_db
 

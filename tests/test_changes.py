@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from nats.js import JetStreamContext
 
+from devtools.natsd import NatsServer
 from materializer.backend import Backend
 from materializer.backends.dolt_server_launcher import DoltServer
 from materializer.backends.doltlite import child_env
@@ -33,7 +34,6 @@ from materializer.plan import TableChange, TableWrites
 from oplog.op import Op
 from oplog.schema import SchemaMessage, TableSchema
 from oplog.topology import Topology
-from devtools.natsd import NatsServer
 from tests.support import (
     BackendFactory,
     DoltliteBackends,

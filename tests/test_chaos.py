@@ -22,6 +22,9 @@ from pathlib import Path
 import pytest
 from nats.js.errors import KeyNotFoundError
 
+from devtools.chaos import SCENARIOS, run_scenario
+from devtools.chaos_rows import Expectation, PeerLedger, ResultRow, build_row, compare_hashes, format_table
+from devtools.natsd import NatsCluster, NatsServer
 from materializer.backends.doltlite import DoltliteBackend, child_env
 from materializer.buckets import key_value
 from materializer.materializer import Materializer
@@ -33,9 +36,6 @@ from oplog.op import Op
 from oplog.producer import Producer, ProducerConfig
 from oplog.stream import ensure_stream
 from oplog.topology import StreamLimits, Topology
-from devtools.chaos import SCENARIOS, run_scenario
-from devtools.chaos_rows import Expectation, PeerLedger, ResultRow, build_row, compare_hashes, format_table
-from devtools.natsd import NatsCluster, NatsServer
 from peer.service import connect
 from tests.support import config, connected, publish_batch, seal, setup_db, wall
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from devtools.reference import reference
 from peer import settings
 from peer.cli import build_parser
-from devtools.reference import reference
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 

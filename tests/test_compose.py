@@ -46,6 +46,7 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
+from devtools.natsd import find_nats_server
 from materializer.backends.dolt_server import DEFAULT_COMMITTER_DATE
 from oplog.errors import OplogError
 from oplog.schema import SchemaMessage
@@ -53,7 +54,6 @@ from peer.auth import run_auth
 from peer.cli import build_parser
 from peer.commands import common
 from peer.metrics import PeerMetrics
-from devtools.natsd import find_nats_server
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_DIR = ROOT / "compose"

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from devtools.natsd import NatsServer
 from materializer.errors import Divergence
 from materializer.hashes import HashBoard
 from peer import metrics
-from devtools.natsd import NatsServer
 from tests.running_peers import EPOCHS, FAULT_EPOCH, epoch_hashes, three_peers, wait_until
 
 pytestmark = pytest.mark.integration

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from devtools.natsd import NatsServer
+from devtools.processes import PeerProcess
 from materializer.backends.dolt_server_launcher import DoltServer, find_dolt, scratch_root
 from materializer.materializer import Materializer
 from materializer.snapshots import SnapshotPolicy
 from oplog.op import Op
 from oplog.topology import Topology
-from devtools.natsd import NatsServer
-from devtools.processes import PeerProcess
 from tests.conftest import start_dolt_server
 from tests.support import (
     DoltServerBackends,

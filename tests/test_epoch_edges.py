@@ -6,11 +6,11 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from devtools.natsd import NatsServer
 from epoch.sealer import Sealer
 from oplog.op import Op
 from oplog.schema import format_epoch_ms
 from oplog.topology import Topology
-from devtools.natsd import NatsServer
 from tests.support import (
     EPOCH_MS,
     ORIGIN_MS,

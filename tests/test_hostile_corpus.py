@@ -43,6 +43,8 @@ import doltlite  # noqa: F401  (before sqlite3)
 import orjson
 import pytest
 
+from devtools.natsd import NatsServer
+from devtools.processes import PeerProcess
 from epoch.assign import Assigner, StreamMessage
 from materializer.backends.doltlite import DoltliteBackend
 from materializer.hashes import HashBoard
@@ -50,8 +52,6 @@ from materializer.plan import plan_epoch, prepare_op
 from materializer.readahead import ReadAhead
 from oplog.stream import ensure_stream
 from oplog.topology import Topology
-from devtools.natsd import NatsServer
-from devtools.processes import PeerProcess
 from tests import hostile_corpus as hc
 from tests.support import connected
 

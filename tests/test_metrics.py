@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from devtools.natsd import NatsServer, free_ports
 from oplog.op import Op
 from oplog.topology import Topology
 from peer import metrics
-from devtools.natsd import NatsServer, free_ports
 from peer.service import PeerConfig, run_peer
 from tests.support import config, connected, publish_batch, publish_raw, seal, setup_db, wall
 

@@ -18,11 +18,11 @@ from typing import Any
 import orjson
 import pytest
 
-from materializer.backends.doltlite import DoltliteBackend, child_env
 from devtools.chaos_harness import Deployment, Load, db_config, loading
-from peer.control import read_timeline
 from devtools.natsd import NatsServer, free_ports
 from devtools.processes import PeerProcess
+from materializer.backends.doltlite import DoltliteBackend, child_env
+from peer.control import read_timeline
 
 pytestmark = pytest.mark.integration
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from devtools.natsd import NatsServer
+from devtools.processes import PeerProcess
 from materializer.backends.doltlite import DoltliteBackend, child_env
 from materializer.hashes import HashBoard
 from oplog.op import Op
 from oplog.topology import Topology
-from devtools.natsd import NatsServer
-from devtools.processes import PeerProcess
 from tests.support import config, connected, lww_reference, publish_batch, read_db, seal, setup_db, wall
 
 pytestmark = pytest.mark.integration

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from devtools.natsd import NatsServer
 from oplog.codec import canonical_bytes
 from oplog.errors import InvalidOp, OversizeOp
 from oplog.hlc import HybridLogicalClock
 from oplog.op import Op
 from oplog.producer import Producer, ProducerConfig
 from oplog.topology import StreamLimits, Topology
-from devtools.natsd import NatsServer
 from tests.support import (
     BackendFactory,
     InProcessPeer,

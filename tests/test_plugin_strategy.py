@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from devtools.natsd import NatsServer
 from materializer.strategy import get_strategy, strategy_names
 from oplog.op import Op
 from oplog.schema import SchemaMessage
 from oplog.topology import Topology
-from devtools.natsd import NatsServer
 from tests.support import BackendFactory, InProcessPeer, config, connected, publish_batch, seal, setup_db, wall
 
 pytestmark = pytest.mark.integration

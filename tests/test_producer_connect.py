@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 import epoch.assign as assign
 import epoch.config as epoch_config
 import oplog.epochs as epochs
+from devtools.natsd import NatsServer
 from epoch.assign import Assigner, StreamMessage
 from epoch.config import ConfigChange, DatabaseConfig, Timeline
 from materializer.backends.doltlite import child_env
@@ -38,7 +39,6 @@ from oplog.stream import ensure_stream, publish_json
 from oplog.sync import SyncProducer
 from oplog.topology import Topology
 from peer.control import init_database, read_config
-from devtools.natsd import NatsServer
 from tests.support import connected, seal
 
 ROOT = Path(__file__).resolve().parent.parent

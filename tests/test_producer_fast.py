@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from nats.js import JetStreamContext
 
+from devtools.natsd import NatsServer
 from oplog.codec import canonical_bytes, decode_batch, decode_op
 from oplog.errors import InvalidOp, OversizeOp, PublishError
 from oplog.hlc import HybridLogicalClock
@@ -25,7 +26,6 @@ from oplog.op import Op
 from oplog.producer import Producer, ProducerConfig, Receipt, ReceiptFuture, _OpIds, _receipt, encode_op
 from oplog.stream import ensure_stream
 from oplog.topology import StreamLimits, Topology
-from devtools.natsd import NatsServer
 from tests.support import connected
 
 pytestmark = pytest.mark.integration

@@ -6,11 +6,11 @@ import asyncio
 
 import pytest
 
+from devtools.natsd import NatsServer
 from epoch.assign import StreamMessage
 from materializer.reader import StreamReader
 from oplog.stream import ensure_stream
 from oplog.topology import StreamLimits, Topology
-from devtools.natsd import NatsServer
 from tests.support import connected
 
 pytestmark = pytest.mark.integration

@@ -21,6 +21,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from devtools.natsd import NatsServer, free_ports
+from devtools.processes import PeerProcess
 from materializer.backends.doltlite import child_env
 from oplog.errors import OplogError
 from oplog.hlc import HLC
@@ -28,8 +30,6 @@ from oplog.op import Op
 from oplog.stream import ensure_stream, publish_json
 from oplog.topology import Topology
 from peer.commands.reader import commit_holding, parse_receipt
-from devtools.natsd import NatsServer, free_ports
-from devtools.processes import PeerProcess
 from tests.support import config, connected, publish_batch, seal, wall
 
 pytestmark = pytest.mark.integration

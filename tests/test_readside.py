@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from devtools.natsd import NatsServer
 from epoch.config import Timeline
 from materializer.backend import Backend
 from materializer.readside import (
@@ -23,7 +24,6 @@ from oplog.hlc import HybridLogicalClock
 from oplog.op import Op
 from oplog.producer import Producer, ProducerConfig
 from oplog.topology import Topology
-from devtools.natsd import NatsServer
 from tests.support import BackendFactory, InProcessPeer, config, connected, publish_batch, seal, setup_db, wall
 from tests.test_backend_contract import END_MS, HISTORY
 

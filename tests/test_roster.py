@@ -13,6 +13,7 @@ import logging
 import orjson
 import pytest
 
+from devtools.natsd import NatsServer
 from epoch.assign import Assigner, StreamMessage
 from epoch.config import Roster
 from materializer.agreement import Verdict, judge
@@ -22,7 +23,6 @@ from materializer.snapshots import SnapshotInfo, SnapshotPolicy, SnapshotStore
 from oplog.stream import ensure_stream
 from oplog.topology import Topology
 from peer.control import init_database, publish_roster, read_config
-from devtools.natsd import NatsServer
 from tests.support import config, connected
 
 HONEST, FORGED = "h" * 40, "f" * 40

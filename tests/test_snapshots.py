@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from devtools.natsd import NatsServer
 from materializer.backends.doltlite import DoltliteBackend
 from materializer.materializer import Materializer
 from materializer.snapshots import SnapshotPolicy
 from oplog.op import Op
 from oplog.topology import Topology
-from devtools.natsd import NatsServer
 from tests.support import config, connected, publish_batch, seal, setup_db, wall
 
 pytestmark = pytest.mark.integration

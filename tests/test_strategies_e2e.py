@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from devtools.natsd import NatsServer
 from oplog.crdt_helper import DocumentWriter
 from oplog.op import Op
 from oplog.schema import SchemaMessage
 from oplog.topology import Topology
-from devtools.natsd import NatsServer
 from tests.support import InProcessPeer, config, connected, publish_batch, seal, setup_db, wall
 
 pytestmark = pytest.mark.integration

@@ -14,8 +14,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from materializer.backends.doltlite import child_env
 from devtools.natsd import NatsServer
+from materializer.backends.doltlite import child_env
 from tests.running_peers import EPOCHS, FAULT_EPOCH, three_peers, wait_until
 
 pytestmark = pytest.mark.integration

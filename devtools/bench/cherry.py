@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from oplog.op import Op
 from devtools.demo import EPOCH_MS, ORIGIN_MS, TABLE
+from oplog.op import Op
 
 from .direct_epochs import epoch_commit, genesis_backend
 from .options import AUTHOR, Sizes

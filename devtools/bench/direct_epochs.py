@@ -10,12 +10,12 @@ from pathlib import Path
 
 import orjson
 
+from devtools.demo import EPOCH_MS, ORIGIN_MS, USERS, demo_config
 from epoch.assign import Accepted, Control, SealedEpoch
 from epoch.config import DatabaseConfig
 from materializer.backends.doltlite import DoltliteBackend
 from materializer.plan import plan_epoch
 from oplog.op import Op
-from devtools.demo import EPOCH_MS, ORIGIN_MS, USERS, demo_config
 
 
 def genesis_backend(path: Path, db: str) -> tuple[DoltliteBackend, DatabaseConfig]:

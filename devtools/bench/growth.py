@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from devtools.demo import EPOCH_MS, ORIGIN_MS, TABLE
 from materializer.backends.doltlite import DoltliteBackend
 from oplog.codec import canonical_json
 from oplog.op import Op
-from devtools.demo import EPOCH_MS, ORIGIN_MS, TABLE
 
 from .direct_epochs import epoch_commit, genesis_backend
 from .options import AUTHOR, Sizes

@@ -14,10 +14,10 @@ from typing import Any
 
 from nats.js import JetStreamContext
 
+from devtools.demo import wire_upsert
 from materializer.backends.doltlite import DoltliteBackend
 from materializer.materializer import Materializer, OnCommit
 from oplog.topology import Topology
-from devtools.demo import wire_upsert
 
 from .options import Sizes
 from .stats import percentile

@@ -13,9 +13,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from devtools.demo import TABLE
 from materializer.backends.doltlite import DoltliteBackend
 from oplog.topology import Topology
-from devtools.demo import TABLE
 
 from .materialize_dolt_server import measure_dolt_server
 from .options import Sizes

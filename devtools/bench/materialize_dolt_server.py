@@ -20,11 +20,11 @@ from typing import Any
 
 from nats.js import JetStreamContext
 
+from devtools.demo import TABLE
 from materializer.backends.dolt_server import DEFAULT_COMMITTER_DATE, DoltServerBackend
 from materializer.backends.dolt_server_launcher import DoltServer, DoltServerError
 from materializer.backends.dolt_server_sql import quote
 from oplog.topology import Topology
-from devtools.demo import TABLE
 
 from .options import Sizes
 from .raw_insert import into_dolt_server

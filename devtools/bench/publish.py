@@ -8,13 +8,13 @@ from typing import Any
 
 from nats.js import JetStreamContext
 
+from devtools.demo import TABLE
 from oplog.codec import canonical_bytes
 from oplog.hlc import HybridLogicalClock
 from oplog.op import Op
 from oplog.producer import Producer, ProducerConfig
 from oplog.stream import ensure_stream
 from oplog.topology import Topology
-from devtools.demo import TABLE
 
 from .options import Sizes
 from .stats import rate

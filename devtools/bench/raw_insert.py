@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from materializer.backends import dolt_server_sql, doltlite
 from devtools.demo import TABLE, USERS_TABLE
+from materializer.backends import dolt_server_sql, doltlite
 
 from .options import AUTHOR
 

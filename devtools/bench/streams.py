@@ -8,11 +8,11 @@ from typing import Any
 
 from nats.js import JetStreamContext
 
+from devtools.demo import TABLE, USERS, demo_config, wire_upsert
 from oplog.codec import canonical_bytes
 from oplog.stream import publish_json
 from oplog.topology import Topology
 from peer.control import init_database, publish_schema
-from devtools.demo import TABLE, USERS, demo_config, wire_upsert
 from peer.service import connected as connected  # re-exported for the tests and measurements
 
 
