@@ -130,6 +130,7 @@ class Load:
         self.resent = 0  # ops enqueued again after the producer gave up on their batch
         self.duplicate_acks = 0  # receipts of a batch the stream already held (same Nats-Msg-Id)
         self.unacked: list[str] = []
+        self._waiting: dict[str, float] = {}  # op id -> time.monotonic() it was first enqueued
         self._deliveries: set[asyncio.Task[None]] = set()
 
     def add(self, name: str, *, skew_ms: int = 0, config: ProducerConfig | None = None) -> Producer:
@@ -169,8 +170,19 @@ class Load:
         self._deliveries.add(task)
         task.add_done_callback(self._deliveries.discard)
 
+    def longest_wait(self) -> float:
+        """Seconds the longest-waiting unacknowledged op has waited for its receipt."""
+        return time.monotonic() - min(self._waiting.values(), default=time.monotonic())
+
     async def _deliver(self, producer: Producer, op: Op) -> None:
         deadline = time.monotonic() + RETRY_BUDGET_S
+        self._waiting[op.id] = time.monotonic()
+        try:
+            await self._deliver_until(producer, op, deadline)
+        finally:
+            self._waiting.pop(op.id, None)
+
+    async def _deliver_until(self, producer: Producer, op: Op, deadline: float) -> None:
         while True:
             try:
                 receipt = await producer.enqueue(op)
