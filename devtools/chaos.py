@@ -59,7 +59,7 @@ from devtools.chaos_rows import COLUMNS, Expectation, PeerLedger, ResultRow, bui
 from devtools.natsd import NatsCluster, NatsServer
 from epoch.config import LatePolicy
 from materializer.faults import FaultDir
-from materializer.snapshots import SnapshotStore
+from materializer.bootstrap.snapshots import SnapshotStore
 from oplog.hlc import system_clock_ms
 from oplog.nats_errors import TRANSIENT
 from oplog.producer import ProducerConfig

@@ -26,7 +26,7 @@ from devtools.natsd import NatsCluster, NatsServer
 from devtools.processes import PeerProcess
 from epoch.config import DatabaseConfig
 from materializer.backends.doltlite import DoltliteBackend
-from materializer.hashes import HashBoard
+from materializer.agreement.hashes import HashBoard
 from oplog.hlc import HybridLogicalClock
 from oplog.producer import Producer
 from oplog.topology import StreamLimits, Topology

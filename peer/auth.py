@@ -32,7 +32,7 @@ from oplog.topology import Topology
 
 API = "$JS.API"
 INBOX = "_INBOX.>"  # nats-py's default inbox prefix: request replies and push-consumer deliveries
-# The hash-board keys a peer writes about itself (materializer/hashes.py): reports
+# The hash-board keys a peer writes about itself (materializer/agreement/hashes.py): reports
 # e.<epoch>.<peer>, progress p.<peer>, divergence d.<peer>, heartbeat h.<peer>. Named one
 # by one: a wildcard such as "*.<peer>" would also let it write e.<peer>, which readers
 # parse as an epoch number. tests/test_auth.py checks every key HashBoard writes is here.

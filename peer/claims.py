@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from materializer.hashes import HashBoard
+from materializer.agreement.hashes import HashBoard
 from oplog.errors import OplogError
 
 LOCK_FILE = ".oplog-peer.lock"

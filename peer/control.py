@@ -12,8 +12,8 @@ from nats.js.errors import NotFoundError
 
 from epoch.assign import NO_EPOCH, Assigner
 from epoch.config import ConfigChange, DatabaseConfig, Roster, Timeline
-from materializer.hashes import HashBoard
-from materializer.reader import StreamReader
+from materializer.agreement.hashes import HashBoard
+from materializer.commit.reader import StreamReader
 from oplog.errors import OplogError
 from oplog.schema import SchemaMessage
 from oplog.stream import ensure_stream, publish_json

@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 
 from epoch.assign import Assigner
-from materializer.hashes import HashBoard, Heartbeat
-from materializer.materializer import EpochReport
+from materializer.agreement.hashes import HashBoard, Heartbeat
+from materializer.commit.loop import EpochReport
 
 
 def now_ms() -> int:

@@ -17,7 +17,7 @@ What is exported, all labelled ``db`` and ``peer``:
 * ``oplog_seal_to_commit_seconds`` (histogram): from the moment the epoch could be
   sealed (its end plus grace) to its commit on this peer — the delay a reader waits;
 * ``oplog_peer_lag_messages``: stream messages after the last one this peer read;
-* the agreement figures of :class:`~materializer.divergence.DivergenceStats`
+* the agreement figures of :class:`~materializer.agreement.divergence.DivergenceStats`
   (``oplog_peer_divergences_total``, ``oplog_peer_diverged``, …).
 """
 
@@ -30,8 +30,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 
-from materializer.divergence import DivergenceStats
-from materializer.materializer import EpochReport
+from materializer.agreement.divergence import DivergenceStats
+from materializer.commit.loop import EpochReport
 
 METRICS_FILE = "oplog-peer.prom"
 # Commits take milliseconds to seconds; sealing waits for grace (often 0.2-2 s).

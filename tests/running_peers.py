@@ -15,9 +15,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from materializer.backends.doltlite import DoltliteBackend
-from materializer.hashes import HashBoard
+from materializer.agreement.hashes import HashBoard
 from materializer.plan import EpochPlan
-from materializer.snapshots import SnapshotPolicy
+from materializer.bootstrap.snapshots import SnapshotPolicy
 from oplog.op import Op
 from oplog.topology import Topology
 from peer.service import PeerConfig, run_peer
@@ -54,7 +54,7 @@ def epoch_ops(epoch: int) -> list[Op]:
 
 def peer_config(name: str, url: str, root: Path, *, repair: bool) -> PeerConfig:
     # Only the healthy peers take snapshots, so the one to repair from is theirs; the
-    # watch never uses a snapshot by the diverged peer anyway (see materializer.divergence).
+    # watch never uses a snapshot by the diverged peer anyway (see materializer.agreement.divergence).
     snapshots = None if name == "c" else SnapshotPolicy(every_epochs=2, keep=3, purge_stream=False)
     return PeerConfig(
         name=name, db="t", nats_url=url, data_dir=root / name, seal=False, check_interval_s=0.05, expected_peers=3,

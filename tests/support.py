@@ -25,11 +25,11 @@ from nats.js import JetStreamContext
 
 from devtools.demo import USERS
 from epoch.config import DatabaseConfig
-from materializer.backend import Backend
+from materializer.backends.base import Backend
 from materializer.backends.dolt_server import DoltServerBackend
 from materializer.backends.dolt_server_launcher import DoltServer
 from materializer.backends.doltlite import DoltliteBackend
-from materializer.materializer import Materializer
+from materializer.commit.loop import Materializer
 from oplog.codec import canonical_bytes
 from oplog.op import Op
 from oplog.schema import SchemaMessage

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from materializer.agreement import Verdict, judge, majority
+from materializer.agreement.verdict import Verdict, judge, majority
 
 
 def test_a_peer_alone_against_two_agreeing_peers_is_the_minority() -> None:

@@ -31,7 +31,7 @@ from nats.js import JetStreamContext
 
 from devtools.natsd import NatsServer, ServerTls, find_nats_server
 from devtools.processes import PeerProcess
-from materializer.hashes import HashBoard
+from materializer.agreement.hashes import HashBoard
 from oplog.connection import NatsOptions, connect, redact
 from oplog.errors import NatsAuthError
 from oplog.stream import publish_json

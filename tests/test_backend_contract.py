@@ -1,4 +1,4 @@
-"""The backend contract (materializer/backend.py), one suite run against every backend.
+"""The backend contract (materializer/backends/base.py), one suite run against every backend.
 
 Each test gets the ``backends`` fixture once per backend kind (doltlite files; databases
 on a real dolt sql-server, one server per module) and does not ask which it is, except
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from materializer.backend import Backend
+from materializer.backends.base import Backend
 from materializer.errors import BackendError, OpRejected
 from materializer.metadata import commit_meta, ops_digest
 from materializer.plan import EpochPlan, EpochRow, Key, RejectionRow, TableChange, TableWrites

@@ -1,4 +1,4 @@
-"""Per-epoch change feeds (materializer/changes.py, ``oplog changes``) on real peers.
+"""Per-epoch change feeds (materializer/read/changes.py, ``oplog changes``) on real peers.
 
 Peers are in-process materializers on a real nats-server, stepped by the test, which
 publishes the seals itself, so which commit holds which op is fixed: inserts, updates and
@@ -20,10 +20,10 @@ import pytest
 from nats.js import JetStreamContext
 
 from devtools.natsd import NatsServer
-from materializer.backend import Backend
+from materializer.backends.base import Backend
 from materializer.backends.dolt_server_launcher import DoltServer
 from materializer.backends.doltlite import child_env
-from materializer.changes import (
+from materializer.read.changes import (
     EpochChanges,
     EpochNotCommittedYet,
     follow_changes,

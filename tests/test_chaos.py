@@ -27,9 +27,9 @@ from devtools.chaos_rows import Expectation, PeerLedger, ResultRow, build_row, c
 from devtools.natsd import NatsCluster, NatsServer
 from materializer.backends.doltlite import DoltliteBackend, child_env
 from materializer.buckets import key_value
-from materializer.materializer import Materializer
-from materializer.reader import StreamReader
-from materializer.snapshots import SnapshotPolicy
+from materializer.commit.loop import Materializer
+from materializer.commit.reader import StreamReader
+from materializer.bootstrap.snapshots import SnapshotPolicy
 from oplog.errors import PublishError
 from oplog.hlc import HybridLogicalClock
 from oplog.op import Op

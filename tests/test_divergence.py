@@ -9,7 +9,7 @@ import pytest
 
 from devtools.natsd import NatsServer
 from materializer.errors import Divergence
-from materializer.hashes import HashBoard
+from materializer.agreement.hashes import HashBoard
 from peer import metrics
 from tests.running_peers import EPOCHS, FAULT_EPOCH, epoch_hashes, three_peers, wait_until
 

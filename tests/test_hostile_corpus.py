@@ -8,7 +8,7 @@ commits: no crash, no stall, no crash loop.
   nats-server, three ``oplog serve`` processes (no sealer: the test publishes the seals),
   the whole corpus published raw between good ops. Two peers run from the start and
   read the corpus at the stream's head, one message at a time (so ops are prepared and
-  their rows read ahead while the epoch is open, ``materializer/readahead.py``); the
+  their rows read ahead while the epoch is open, ``materializer/commit/readahead.py``); the
   third starts after the last message and catches up (it plans everything at the seal).
   Asserts every peer stays up, commits every epoch through the last message with one
   hash per epoch on all peers, holds exactly the expected rows, and reached the expected
@@ -17,7 +17,7 @@ commits: no crash, no stall, no crash loop.
   exits again).
 * ``test_each_corpus_entry_alone_through_the_pipeline[mode-entry]``: each entry alone,
   between the same good ops, through the in-process pipeline (Assigner -> plan_epoch ->
-  a doltlite backend, composed as ``materializer.materializer`` composes them), in two
+  a doltlite backend, composed as ``materializer.commit.loop`` composes them), in two
   modes: ``head`` notes every op for read-ahead and fills it after every message (a
   peer at the stream's head); ``catchup`` plans at the seal with no read-ahead. No
   servers; a failing entry shows its own traceback. The integration test is the
@@ -47,9 +47,9 @@ from devtools.natsd import NatsServer
 from devtools.processes import PeerProcess
 from epoch.assign import Assigner, StreamMessage
 from materializer.backends.doltlite import DoltliteBackend
-from materializer.hashes import HashBoard
+from materializer.agreement.hashes import HashBoard
 from materializer.plan import plan_epoch, prepare_op
-from materializer.readahead import ReadAhead
+from materializer.commit.readahead import ReadAhead
 from oplog.stream import ensure_stream
 from oplog.topology import Topology
 from tests import hostile_corpus as hc

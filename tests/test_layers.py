@@ -78,6 +78,34 @@ def test_a_package_does_not_import_the_layers_above_it(package: str) -> None:
     assert not bad, f"{package}/ must not import {sorted(FORBIDDEN_ABOVE[package])}:\n" + "\n".join(bad)
 
 
+# Inside materializer/, the data path's stages, lowest first: the pure core and shared
+# leaves (files directly in materializer/), where epochs are written (backends), how a
+# database starts (bootstrap), the commit loop (commit), and what is built on committed
+# epochs (agreement: hashes, verdicts, verify; read: SQL at an epoch, change feeds).
+# Each imports only its own stage and those below it.
+MATERIALIZER_STAGES = ["backends", "bootstrap", "commit", "agreement", "read"]
+
+
+def stage_of(module: str) -> int | None:
+    """The stage index of a ``materializer.*`` module (-1: the core files), None if not one."""
+    parts = module.split(".")
+    if parts[0] != "materializer" or len(parts) < 2:
+        return None
+    return MATERIALIZER_STAGES.index(parts[1]) if parts[1] in MATERIALIZER_STAGES else -1
+
+
+def test_materializer_stages_import_only_stages_below_them() -> None:
+    paths = sorted((ROOT / "materializer").rglob("*.py"))
+    bad = []
+    for path in paths:
+        own = stage_of(".".join(path.relative_to(ROOT).with_suffix("").parts))
+        for line, module in imported_modules(path):
+            other = stage_of(module)
+            if other is not None and own is not None and other > own:
+                bad.append(f"{path.relative_to(ROOT)}:{line} imports {module!r}")
+    assert not bad, f"materializer stages point down ({' < '.join(MATERIALIZER_STAGES)}):\n" + "\n".join(bad)
+
+
 def test_the_one_upward_import_is_made_only_when_the_command_line_runs() -> None:
     for name, module in sorted(ALLOWED_UPWARD):
         tree = ast.parse((ROOT / name).read_text())

@@ -1,4 +1,4 @@
-"""Reading stored state ahead of the seal (materializer/readahead.py), and the doltlite
+"""Reading stored state ahead of the seal (materializer/commit/readahead.py), and the doltlite
 reads it relies on: answers exactly the backend's, never anything a commit replaced."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from epoch.assign import Assigner, SealedEpoch, StreamMessage
 from epoch.config import DatabaseConfig
 from materializer.backends.doltlite import DoltliteBackend
 from materializer.plan import plan_epoch
-from materializer.readahead import ReadAhead
+from materializer.commit.readahead import ReadAhead
 from materializer.strategy import RowState
 from oplog.codec import canonical_bytes, decode_record
 from oplog.op import OpRecord

@@ -8,7 +8,7 @@ import pytest
 
 from devtools.natsd import NatsServer
 from epoch.assign import StreamMessage
-from materializer.reader import StreamReader
+from materializer.commit.reader import StreamReader
 from oplog.stream import ensure_stream
 from oplog.topology import StreamLimits, Topology
 from tests.support import connected

@@ -16,10 +16,10 @@ import pytest
 from devtools.natsd import NatsServer
 from epoch.assign import Assigner, StreamMessage
 from epoch.config import Roster
-from materializer.agreement import Verdict, judge
-from materializer.divergence import DivergenceWatch, verified_snapshot
-from materializer.hashes import HashBoard
-from materializer.snapshots import SnapshotInfo, SnapshotPolicy, SnapshotStore
+from materializer.agreement.verdict import Verdict, judge
+from materializer.agreement.divergence import DivergenceWatch, verified_snapshot
+from materializer.agreement.hashes import HashBoard
+from materializer.bootstrap.snapshots import SnapshotInfo, SnapshotPolicy, SnapshotStore
 from oplog.stream import ensure_stream
 from oplog.topology import Topology
 from peer.control import init_database, publish_roster, read_config

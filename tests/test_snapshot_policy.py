@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from materializer.snapshots import SnapshotPolicy
+from materializer.bootstrap.snapshots import SnapshotPolicy
 
 
 @given(every=st.integers(1, 12), cuts=st.sets(st.integers(0, 200), min_size=1))

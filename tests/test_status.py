@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from epoch.config import Timeline
-from materializer.hashes import EpochAgreement, Heartbeat
+from materializer.agreement.hashes import EpochAgreement, Heartbeat
 from peer.status import StatusError, Verdict, assess
 from tests.support import config
 

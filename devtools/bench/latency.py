@@ -16,7 +16,7 @@ from nats.js import JetStreamContext
 
 from devtools.demo import wire_upsert
 from materializer.backends.doltlite import DoltliteBackend
-from materializer.materializer import Materializer, OnCommit
+from materializer.commit.loop import Materializer, OnCommit
 from oplog.topology import Topology
 
 from .options import Sizes

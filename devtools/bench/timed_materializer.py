@@ -13,8 +13,8 @@ from typing import Any
 from nats.js import JetStreamContext
 
 from epoch.assign import SealedEpoch
-from materializer.backend import Backend
-from materializer.materializer import Committed, Materializer
+from materializer.backends.base import Backend
+from materializer.commit.loop import Committed, Materializer
 from materializer.plan import EpochPlan, plan_epoch
 from oplog.topology import Topology
 

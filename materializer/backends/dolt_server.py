@@ -1,6 +1,6 @@
 """The Dolt sql-server backend: one database on a ``dolt sql-server``, over pymysql.
 
-Same contract as doltlite (:mod:`materializer.backend`); the SQL dialect lives in
+Same contract as doltlite (:mod:`materializer.backends.base`); the SQL dialect lives in
 :mod:`materializer.backends.dolt_server_sql`.
 
 Hashes. Dolt stamps every commit with a committer date that only the server's
@@ -45,7 +45,7 @@ import orjson
 import pymysql
 from pymysql.connections import Connection
 
-from materializer.backend import EPOCH_TAG_PREFIX, META_COLUMN, Backend, epoch_tag
+from materializer.backends.base import EPOCH_TAG_PREFIX, META_COLUMN, Backend, epoch_tag
 from materializer.backends.dolt_server_sql import (
     INTERNAL_DDL,
     key_hash,

@@ -24,7 +24,7 @@ import hashlib
 
 import pymysql
 
-from materializer.backend import META_COLUMN
+from materializer.backends.base import META_COLUMN
 from materializer.errors import BackendError, TransientBackendError
 from materializer.plan import Key, TableChange, key_text
 from oplog.schema import ColumnType, TableSchema

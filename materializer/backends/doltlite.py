@@ -31,7 +31,7 @@ from typing import Any
 import doltlite  # noqa: F401  (must precede sqlite3)
 import orjson
 
-from materializer.backend import MAX_KEY_INTEGER, META_COLUMN, Backend
+from materializer.backends.base import MAX_KEY_INTEGER, META_COLUMN, Backend
 from materializer.errors import BackendError, TransientBackendError
 from materializer.metadata import EPOCH_MESSAGE_PREFIX
 from materializer.plan import EpochPlan, EpochRow, Key, TableChange, key_text

@@ -1,6 +1,6 @@
 """``oplog changes``: each epoch's changed rows, read from a doltlite peer's database file.
 
-The records are :mod:`materializer.changes`'s, the same on every peer: with ``--json``
+The records are :mod:`materializer.read.changes`'s, the same on every peer: with ``--json``
 one canonical JSON line per change (the envelope of docs/reading.md "Change feeds"),
 otherwise a table to read. ``--follow`` keeps going as the peer commits new epochs, until
 SIGINT or SIGTERM (exit 0); ``--to-epoch`` ends the output there (with ``--follow``, once
@@ -22,7 +22,7 @@ from typing import Any, TextIO
 import doltlite  # noqa: F401  (must precede sqlite3)
 import orjson
 
-from materializer.changes import DEFAULT_POLL_S, MAX_POLL_S, Change, EpochChanges, follow_changes, iter_changes
+from materializer.read.changes import DEFAULT_POLL_S, MAX_POLL_S, Change, EpochChanges, follow_changes, iter_changes
 from oplog.errors import OplogError
 from peer.commands.common import DEFAULT_DB
 

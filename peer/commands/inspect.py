@@ -84,7 +84,7 @@ def render(status: Status) -> str:
 
 
 async def cmd_verify(args: argparse.Namespace) -> int:
-    from materializer.verify import verify
+    from materializer.agreement.verify import verify
 
     t = topology(args)
     async with jetstream(args, "oplog-verify") as (_, js):

@@ -31,8 +31,8 @@ import doltlite  # noqa: F401  (must precede sqlite3)
 import orjson
 
 from epoch.assign import Assigner
-from materializer.hashes import HashBoard
-from materializer.reader import StreamReader
+from materializer.agreement.hashes import HashBoard
+from materializer.commit.reader import StreamReader
 from oplog.errors import OplogError
 from oplog.topology import Topology
 from peer.commands.common import DEFAULT_DB, add_nats_options, jetstream, topology

@@ -8,7 +8,7 @@ import logging
 import signal
 from pathlib import Path
 
-from materializer.snapshots import SnapshotPolicy
+from materializer.bootstrap.snapshots import SnapshotPolicy
 from peer.commands.common import SERVE_CONNECT_WAIT_S, add_nats_options, nats_options
 from peer.service import PeerConfig, run_peer
 

@@ -22,13 +22,13 @@ from pathlib import Path
 
 from nats.js import JetStreamContext
 
-from materializer.agreement import majority
+from materializer.agreement.verdict import majority
 from materializer.backends.doltlite import DoltliteBackend
 from materializer.errors import RetentionGap, StreamDamaged, VerificationError
-from materializer.genesis import fetch_genesis
-from materializer.hashes import HashBoard
-from materializer.materializer import Materializer
-from materializer.snapshots import SnapshotInfo, SnapshotStore
+from materializer.bootstrap.genesis import fetch_genesis
+from materializer.agreement.hashes import HashBoard
+from materializer.commit.loop import Materializer
+from materializer.bootstrap.snapshots import SnapshotInfo, SnapshotStore
 from oplog.topology import Topology
 
 VERIFY_PEER = "verify"

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import pymysql
 
-from materializer.backend import Backend, epoch_tag
+from materializer.backends.base import Backend, epoch_tag
 from materializer.backends.dolt_server_sql import map_error
 from materializer.errors import BackendError, MaterializerError, TransientBackendError
 from materializer.metadata import EPOCH_MESSAGE_PREFIX

@@ -56,9 +56,9 @@ Debezium's)::
     {"after": {...}|null, "before": {...}|null, "commit": "<hash>", "epoch": k,
      "key": [...], "kind": "insert|update|delete", "op_id": "..."|null, "table": "..."}
 
-Targets: a :class:`~materializer.backend.Backend` (a connection of our own is opened), a
+Targets: a :class:`~materializer.backends.base.Backend` (a connection of our own is opened), a
 path of a doltlite database file (opened read-only), or a connection a reader already
-has, as for :mod:`materializer.readside` (a ``sqlite3`` connection to a doltlite file, a
+has, as for :mod:`materializer.read.epochs` (a ``sqlite3`` connection to a doltlite file, a
 pymysql connection in autocommit mode).
 """
 
@@ -79,11 +79,11 @@ from urllib.parse import quote as url_quote
 
 import orjson
 
-from materializer.backend import META_COLUMN, Backend
+from materializer.backends.base import META_COLUMN, Backend
 from materializer.errors import BackendError, TransientBackendError
 from materializer.metadata import EPOCH_MESSAGE_PREFIX
 from materializer.plan import key_text
-from materializer.readside import _Reader, _reading
+from materializer.read.epochs import _Reader, _reading
 from oplog.codec import canonical_json
 from oplog.op import TABLE_NAME
 from oplog.schema import Column, ColumnType, TableSchema

@@ -2,7 +2,7 @@
 
 After each commit the peer remembers ``(epoch, hash)``; :meth:`DivergenceWatch.check`
 (called between materializer steps) reads the other peers' reports from the
-:class:`~materializer.hashes.HashBoard` and judges them (:mod:`materializer.agreement`).
+:class:`~materializer.agreement.hashes.HashBoard` and judges them (:mod:`materializer.agreement.verdict`).
 
 A peer in the minority says so loudly (an ERROR log, a ``d.<peer>`` record on the
 board, the ``oplog_peer_diverged`` metric) and then either stops with
@@ -19,10 +19,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from materializer.agreement import Judgement, Verdict, judge, majority
+from materializer.agreement.verdict import Judgement, Verdict, judge, majority
 from materializer.errors import Divergence
-from materializer.hashes import HashBoard
-from materializer.snapshots import SnapshotInfo, SnapshotStore
+from materializer.agreement.hashes import HashBoard
+from materializer.bootstrap.snapshots import SnapshotInfo, SnapshotStore
 
 
 @dataclass

@@ -19,7 +19,7 @@ import time
 from nats.js import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError, ObjectNotFoundError
 
-from materializer.backend import Backend
+from materializer.backends.base import Backend
 from materializer.buckets import key_value, object_store
 from materializer.errors import GenesisError
 from oplog.topology import Topology

@@ -21,14 +21,14 @@ from nats.js import JetStreamContext
 
 from epoch.assign import NO_EPOCH, Assigner, SealedEpoch
 from epoch.config import Timeline, seal_ceiling
-from materializer.backend import Backend
+from materializer.backends.base import Backend
 from materializer.errors import GenesisError, RetentionGap
 from materializer.faults import FaultPoints
-from materializer.genesis import ensure_genesis
+from materializer.bootstrap.genesis import ensure_genesis
 from materializer.plan import plan_epoch, prepare_op
-from materializer.readahead import ReadAhead
-from materializer.reader import StreamReader
-from materializer.snapshots import SnapshotInfo, SnapshotPolicy, SnapshotStore
+from materializer.commit.readahead import ReadAhead
+from materializer.commit.reader import StreamReader
+from materializer.bootstrap.snapshots import SnapshotInfo, SnapshotPolicy, SnapshotStore
 from oplog.logcontext import in_epoch
 from oplog.op import OpRecord
 from oplog.schema import TableSchema
@@ -84,7 +84,7 @@ class Materializer:
     ) -> None:
         """``choose_snapshot`` picks the snapshot a new (or purged-past) peer installs;
         the peer service passes one that trusts only a snapshot whose hash a majority
-        of the roster reported (materializer.divergence.verified_snapshot). Default:
+        of the roster reported (materializer.agreement.divergence.verified_snapshot). Default:
         the newest in the store."""
         self._js = js
         self.topology = topology

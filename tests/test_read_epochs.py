@@ -11,8 +11,8 @@ import pytest
 
 from devtools.natsd import NatsServer
 from epoch.config import Timeline
-from materializer.backend import Backend
-from materializer.readside import (
+from materializer.backends.base import Backend
+from materializer.read.epochs import (
     EpochNotCommitted,
     RowChange,
     diff_epochs,

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from materializer.backend import Backend
+from materializer.backends.base import Backend
 from materializer.errors import OpRejected
 from materializer.plan import Key
 from materializer.strategy import RowState
