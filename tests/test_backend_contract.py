@@ -343,3 +343,65 @@ def test_keys_the_backend_cannot_store_are_refused_before_anything_is_written(pe
         backend.commit_epoch(overflow)
     assert backend.head() == before
     assert backend.tables() == {"users": USERS}
+
+
+def every_write_kind() -> list[EpochPlan]:
+    """Epochs that use every part of a plan: tables created and widened, every column
+    type, composite keys, deletes, cleared tombstones, op ids and their pruning,
+    rejections and config rows."""
+    items = [
+        (("s", i), {"price": f"{i}.25", "weight": i / 3, "note": f"n{i}", "active": i % 2, "attrs": '{"k":1}',
+                    "blob": bytes([i]), "seen": "2026-01-01T00:00:00Z"}, {"m": i})
+        for i in range(12)
+    ]  # fmt: skip
+    reject = RejectionRow(seq=41, index=0, op_id="bad", reason="bad_value", detail="d", payload='{"x":1}')
+    with_email = TableChange(USERS, USERS_WITH_EMAIL)
+    return [
+        *HISTORY,
+        plan(3, changes=(*create(ITEMS), with_email), op_ids=(("op-i", "d-i"),), config_rows=((35, '{"epoch_ms":1000}'),),
+             writes=(TableWrites(ITEMS, upserts=items, deletes=[(("s", 99), {"m": "gone"})]),
+                     TableWrites(USERS_WITH_EMAIL, upserts=[(("e",), {"name": "Eve", "score": 4, "email": "e@x"}, {"v": 1})]))),
+        plan(4, rejections=(reject,), op_ids=(("op-j", "d-j"),), prune_before=2,
+             writes=(TableWrites(ITEMS, upserts=[(("s", 99), items[0][1], {"m": "back"})], cleared_tombstones=[("s", 99)],
+                                 deletes=[(("s", 3), {"m": "x"}), (("s", 4), {"m": "y"})]),)),
+    ]  # fmt: skip
+
+
+# Dolt's content hash of every table after every_write_kind(), per backend kind. They
+# pin the stored format: a change of table layout, column types or bookkeeping rows moves
+# them. (Commit hashes cannot be pinned across runs: each run makes its own genesis, and
+# a database's peers share theirs.) A deliberate change is a new format version
+# (docs/decisions.md); an accidental one is a bug.
+FORMAT_TABLE_HASHES: dict[str, dict[str, str]] = {
+    "doltlite": {
+        "oplog_epochs": "f613b8676b6d96c5747d3db82c6c0bb59f6d1f39",
+        "oplog_rejections": "ff0da5f77cd31652d4e9598f302364f9a0a114fb",
+        "oplog_op_ids": "f52e62d1e2963a25f49ba8afe26cd75e83226eb8",
+        "oplog_tables": "ba498efe0b862df888040eb42c6d19e0c90b4067",
+        "oplog_config": "e3cbe6657c3f5f70d4e79b714052672caea79e18",
+        "oplog_tombstones": "41d18ddd0923c04bd6aeb3aca6bccf15b89af0d0",
+        "users": "a7998761f1f5f26af65e6fac361ae0698c61af7b",
+        "items": "04330bd3b341e93f6f9fd02d0ca2fdd71815502f",
+    },
+    "dolt-server": {
+        "oplog_epochs": "vdkoo9511ai7r6vluqkorjgk86c97q9h",
+        "oplog_rejections": "ftp5dgt8rfm73av38cmlbm6pp21f5en1",
+        "oplog_op_ids": "1gbgtlg3164969c3ds4usqllguibdje2",
+        "oplog_tables": "qn74b5hq0chu0ogt4ktsi5cqk6d4gl3t",
+        "oplog_config": "u7jb2rifjirvvim98f2cdjph1l3nmkao",
+        "oplog_tombstones": "casggkn0tvsk9279mrt6enrn5er87g9p",
+        "users": "vplsjviropq18gsdq6a34c3ali3517u1",
+        "items": "setfihmq933qa8oep3d0onk4rigut35m",
+    },
+}
+INTERNAL_TABLES = ("oplog_epochs", "oplog_rejections", "oplog_op_ids", "oplog_tables", "oplog_config", "oplog_tombstones")
+
+
+def test_the_stored_format_is_pinned_by_the_table_hashes_of_every_write_kind(
+    peer: Callable[[str], Backend], backends: BackendFactory
+) -> None:
+    backend = peer("p")
+    for p in every_write_kind():
+        backend.commit_epoch(p)
+    hashes = {t: backend.table_hash(t) for t in (*INTERNAL_TABLES, "users", "items")}
+    assert hashes == FORMAT_TABLE_HASHES[backends.kind]
