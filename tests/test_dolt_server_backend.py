@@ -49,14 +49,14 @@ def query(backend: DoltServerBackend, text: str) -> list[tuple[object, ...]]:
 
 
 def test_tables_render_in_mysql_types_with_bounded_text_keys() -> None:
-    assert sql.create_table_sql(ITEMS) == (
+    assert sql.DIALECT.create_table_sql(ITEMS) == (
         "CREATE TABLE `items` (`shop` VARCHAR(1024) NOT NULL, `sku` BIGINT NOT NULL, `price` LONGTEXT, "
         "`weight` DOUBLE, `note` LONGTEXT, `active` BOOLEAN, `attrs` LONGTEXT, `blob` LONGBLOB, "
         "`seen` VARCHAR(32), `_oplog_meta` LONGTEXT NOT NULL, PRIMARY KEY (`shop`, `sku`))"
         " DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_0900_bin"
     )
     wider = ITEMS.model_copy(update={"columns": (*ITEMS.columns, ITEMS.columns[4].model_copy(update={"name": "n2"}))})
-    assert sql.table_change_sql(TableChange(ITEMS, wider)) == ["ALTER TABLE `items` ADD COLUMN `n2` LONGTEXT"]
+    assert sql.DIALECT.table_change_sql(TableChange(ITEMS, wider)) == ["ALTER TABLE `items` ADD COLUMN `n2` LONGTEXT"]
     # Many text key columns share Dolt's 65,504-byte budget for fixed-width columns.
     assert sql.text_key_chars(USERS) == 1024
     assert sql.text_key_chars(many_text_keys(20)) == 750
@@ -170,7 +170,7 @@ def test_a_crash_between_ddl_and_commit_is_repaired_on_reopen(
         raise Died
 
     monkeypatch.setattr(crashy, "_write_table", die)
-    monkeypatch.setattr(crashy, "_abort", lambda: None)
+    monkeypatch.setattr(crashy, "_abandon", lambda: None)
     epoch2 = plan(2, changes=create(ITEMS), writes=(TableWrites(USERS, upserts=[user("a", "Ann", 5)]),))
     with pytest.raises(Died):
         crashy.commit_epoch(epoch2)

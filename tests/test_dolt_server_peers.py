@@ -56,17 +56,18 @@ class OnServer(DoltServerBackends):
         return "t"
 
 
-def tags(server: DoltServer) -> list[tuple[int, str]]:
-    """(epoch, hash) of each epoch tag, read over a plain connection (a reader must not
-    open a live peer's database as a backend: opening repairs it)."""
+def epoch_commits(server: DoltServer) -> list[tuple[int, str]]:
+    """(epoch, hash) of each epoch commit, found by its message and read over a plain
+    connection (a reader must not open a live peer's database as a backend: opening repairs it)."""
     with server.connect() as conn, conn.cursor() as cur:
         cur.execute(
             "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 't' AND table_name = 'oplog_epochs'"
         )
         if not cur.fetchone()[0]:
             return []
-        cur.execute("SELECT tag_name, tag_hash FROM t.dolt_tags WHERE tag_name LIKE 'epoch-%'")
-        return sorted((int(name[6:]), h) for name, h in cur.fetchall())
+        cur.execute("SELECT commit_hash, message FROM t.dolt_log")
+        firsts = ((h, message.split("\n", 1)[0]) for h, message in cur.fetchall())
+        return sorted((int(first[6:]), h) for h, first in firsts if first.startswith("epoch "))
 
 
 def epoch_ops(epoch: int, rng: random.Random) -> list[Op]:
@@ -151,7 +152,7 @@ async def test_oplog_serve_runs_a_dolt_server_peer(nats_server: NatsServer, tmp_
 
             def served_hashes() -> list[tuple[int, str]]:
                 assert process.running, process.log_tail()
-                return tags(served)
+                return epoch_commits(served)
 
             await wait_for(lambda: served_hashes() == peer.hashes(), "the served peer to commit epoch 0")
         finally:

@@ -25,7 +25,9 @@ from oplog.op import Op
 from oplog.producer import Producer, ProducerConfig
 from oplog.topology import Topology
 from tests.support import BackendFactory, InProcessPeer, config, connected, publish_batch, seal, setup_db, wall
-from tests.test_backend_contract import END_MS, HISTORY
+from materializer.plan import TableChange, TableWrites
+from oplog.schema import TableSchema
+from tests.test_backend_contract import END_MS, HISTORY, plan
 
 pytestmark = pytest.mark.integration
 
@@ -73,6 +75,31 @@ def test_a_diff_between_two_epochs_names_every_changed_row(committed: Backend) -
     ]
     assert diff_epochs(committed, "users", 2, 2) == []
     assert diff_epochs(committed, "users", 2, 0)[1] == RowChange("added", None, row("b", "Bob", 2))
+
+
+def test_a_diff_is_exact_whatever_the_columns_are_called(backends: BackendFactory) -> None:
+    # Dolt's dolt_diff() names its columns to_<c>/from_<c> beside to_commit and
+    # from_commit_date: a user column called "commit" or "commit_date" collided with them.
+    odd = TableSchema.model_validate({
+        "name": "odd", "primary_key": ["id"],
+        "columns": [{"name": "id", "type": "text", "nullable": False}, {"name": "commit", "type": "text"},
+                    {"name": "commit_date", "type": "text"}, {"name": "diff_type", "type": "integer"}],
+    })  # fmt: skip
+    backend = backends("odd")
+    backend.open()
+    try:
+        backend.create_genesis()
+        first = {"commit": "c1", "commit_date": "d1", "diff_type": 1}
+        backend.commit_epoch(plan(0, changes=(TableChange(None, odd),),
+                                  writes=(TableWrites(odd, upserts=[(("k",), first, {"m": 0})]),)))  # fmt: skip
+        second = {"commit": "c2", "commit_date": "d1", "diff_type": 2}
+        backend.commit_epoch(plan(1, writes=(TableWrites(odd, upserts=[(("k",), second, {"m": 1})]),)))
+
+        assert diff_epochs(backend, "odd", 0, 1) == [
+            RowChange("modified", {"id": "k", **first, "_oplog_meta": '{"m":0}'}, {"id": "k", **second, "_oplog_meta": '{"m":1}'})
+        ]
+    finally:
+        backend.close()
 
 
 def test_the_helpers_take_a_readers_own_connection(committed: Backend, backends: BackendFactory) -> None:

@@ -35,7 +35,7 @@ def _check_count(cur: Any, table: str, rows: list[tuple[Any, ...]]) -> None:
 def into_doltlite(cur: Any, rows: list[tuple[Any, ...]]) -> float:
     """Create ``users`` on the cursor's doltlite file and time inserting ``rows`` into it."""
     table = doltlite.quote(TABLE)
-    cur.execute(doltlite.create_table_sql(USERS_TABLE))
+    cur.execute(doltlite.DIALECT.create_table_sql(USERS_TABLE))
     cur.execute("SELECT dolt_commit('-A', '--author', ?, '--date', ?, '-m', 'schema')", (AUTHOR, "2000-01-01"))
     marks = ", ".join("?" * len(rows[0]))
     seconds = _timed_insert(cur, rows, begin="BEGIN IMMEDIATE", insert=f"INSERT INTO {table} VALUES ({marks})",
@@ -50,7 +50,7 @@ def into_dolt_server(cur: Any, database: str, rows: list[tuple[Any, ...]]) -> fl
     table = dolt_server_sql.quote(TABLE)
     cur.execute(f"CREATE DATABASE {dolt_server_sql.quote(database)}")
     cur.execute(f"USE {dolt_server_sql.quote(database)}")
-    cur.execute(dolt_server_sql.create_table_sql(USERS_TABLE))
+    cur.execute(dolt_server_sql.DIALECT.create_table_sql(USERS_TABLE))
     cur.execute("CALL DOLT_COMMIT('-A', '--author', %s, '--date', %s, '-m', 'schema')", (AUTHOR, "2000-01-01"))
     marks = ", ".join(["%s"] * len(rows[0]))
     seconds = _timed_insert(cur, rows, begin="START TRANSACTION", insert=f"INSERT INTO {table} VALUES ({marks})",

@@ -5,7 +5,7 @@ one contract suite in ``tests/test_backend_contract.py`` run against each):
 
 * ``commit_epoch(plan)`` writes everything in the plan and makes exactly ONE Dolt
   commit with the plan's author, date and message (whose first line ``epoch <k>``
-  names the epoch; Dolt sql-server also tags it ``epoch-<k>``, doltlite does not). It is
+  names the epoch; it is found by that message, on every backend, and not tagged). It is
   all-or-nothing: after a crash the database is at the previous commit or at this
   one, never in between (the epochs row is inside the commit, so "applied" and
   "recorded as applied" cannot disagree).
@@ -38,12 +38,7 @@ from materializer.strategy import RowState
 from oplog.schema import TableSchema
 
 META_COLUMN = "_oplog_meta"
-EPOCH_TAG_PREFIX = "epoch-"
 MAX_KEY_INTEGER = 2**63 - 1  # integer keys are signed 64-bit (SQLite INTEGER, MySQL BIGINT)
-
-
-def epoch_tag(epoch: int) -> str:
-    return f"{EPOCH_TAG_PREFIX}{epoch}"
 
 
 class Backend(ABC):

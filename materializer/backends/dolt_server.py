@@ -1,7 +1,8 @@
 """The Dolt sql-server backend: one database on a ``dolt sql-server``, over pymysql.
 
-Same contract as doltlite (:mod:`materializer.backends.base`); the SQL dialect lives in
-:mod:`materializer.backends.dolt_server_sql`.
+Same contract as doltlite (:mod:`materializer.backends.base`) and the same commit steps
+(:mod:`materializer.backends.sql`); the SQL dialect lives in
+:mod:`materializer.backends.dolt_server_sql`, the I/O here.
 
 Hashes. Dolt stamps every commit with a committer date that only the server's
 ``DOLT_COMMITTER_DATE`` environment variable pins (docs/dolt-server.md), so every peer's
@@ -15,10 +16,10 @@ What is atomic. ``CALL DOLT_COMMIT`` commits the SQL transaction holding the epo
 writes *and* moves ``main`` in one step, so HEAD and the epochs table never disagree.
 Two things are outside it: DDL (``CREATE``/``ALTER TABLE``) commits the SQL transaction
 implicitly, so a crash between an epoch's DDL and its commit leaves the *working set*
-dirty (HEAD untouched); and ``DOLT_TAG`` runs after the commit. Repair, on open and after
-every failed commit: uncommitted changes are discarded (``DOLT_RESET --hard`` +
-``DOLT_CLEAN``), and epoch commits without their tag are tagged from their message.
-Reads run against the working set, which is therefore always HEAD.
+dirty (HEAD untouched). Repair, on open, before every commit and after every failed one:
+uncommitted changes are discarded (``DOLT_RESET --hard`` + ``DOLT_CLEAN``). Reads run
+against the working set, which is therefore always HEAD. Epoch commits are not tagged
+(docs/decisions.md #41): as on doltlite, an epoch's commit is the one whose message names it.
 
 Snapshots are Dolt backups: ``DOLT_BACKUP('sync-url', 'file://…')`` into a directory the
 server writes and this process reads (``snapshot_dir``, default the system temp dir: the
@@ -35,30 +36,18 @@ import shutil
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pymysql
 from pymysql.connections import Connection
 
-from materializer.backends.base import EPOCH_TAG_PREFIX, META_COLUMN, Backend, epoch_tag
-from materializer.backends.dolt_server_sql import (
-    INTERNAL_DDL,
-    key_hash,
-    keys_where,
-    map_error,
-    quote,
-    table_change_sql,
-    text_key_chars,
-)
+from materializer.backends.dolt_server_sql import DIALECT, map_error, quote, text_key_chars
+from materializer.backends.sql import Row, SqlBackend
 from materializer.errors import BackendError, TransientBackendError
-from materializer.plan import EpochPlan, EpochRow, Key, TableWrites, key_text
-from materializer.strategy import RowState
-from oplog.codec import canonical_json
 from oplog.schema import TableSchema, format_timestamp
 
 GENESIS_AUTHOR = "oplog <oplog@localhost>"
@@ -68,7 +57,6 @@ GENESIS_TAG = "oplog-genesis"
 PROBE_BRANCH = "oplog-probe"
 PROBE_MESSAGE = "oplog committer-date probe"
 SNAPSHOT_ROOT = "oplog-dolt-backup"
-CHUNK = 100  # keys per lookup statement: Dolt serves IN lists of ~100 keys fastest (measured 20-35 vs 60-130 µs per key at 400)
 CONNECT_TIMEOUT_S = 10
 SESSION_SETUP = (
     # Strict: a value that does not fit is an error, never silently truncated.
@@ -78,10 +66,11 @@ SESSION_SETUP = (
 )
 
 
-class DoltServerBackend(Backend):
+class DoltServerBackend(SqlBackend):
     """Database ``database`` on the dolt sql-server at ``host:port``."""
 
     name = "dolt-server"
+    dialect = DIALECT
 
     def __init__(
         self,
@@ -95,6 +84,7 @@ class DoltServerBackend(Backend):
         connect_timeout: float = CONNECT_TIMEOUT_S,
         logger: logging.Logger | None = None,
     ) -> None:
+        super().__init__()
         self.host, self.port, self.user, self.database = host, port, user, database
         self._password = password
         self.snapshot_dir = Path(snapshot_dir) if snapshot_dir is not None else Path(tempfile.gettempdir())
@@ -151,14 +141,38 @@ class DoltServerBackend(Backend):
         return self._conn
 
     def _execute(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        """One statement in pymysql's own ``%s`` style (this module's statements)."""
         with self._mapped(), self.conn.cursor() as cur:
             cur.execute(sql, params)
             return list(cur.fetchall())
 
-    def _executemany(self, sql: str, rows: list[Sequence[Any]]) -> None:
-        if rows:
+    # -- the I/O of materializer.backends.sql ----------------------------------------------
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        # Names are identifiers (oplog.schema), so no "?" or "%" is ever part of one.
+        return self._execute(sql.replace("%", "%%").replace("?", "%s"), tuple(params))
+
+    def _insert(self, head: str, width: int, rows: Iterable[Row], count: int) -> None:
+        if count:
+            marks = "(" + ", ".join(["%s"] * width) + ")"
             with self._mapped(), self.conn.cursor() as cur:
-                cur.executemany(sql, rows)  # pymysql turns INSERT/REPLACE … VALUES into multi-row statements
+                cur.executemany(head + marks, list(rows))  # pymysql makes multi-row statements of it
+
+    def _begin(self) -> None:
+        self._execute("START TRANSACTION")
+
+    def _before_commit(self) -> None:
+        self._discard_uncommitted()  # also guards against writes by anyone else
+
+    def _abandon(self) -> None:
+        """Roll back and discard what DDL committed implicitly; a dead connection is
+        repaired when the next one is made."""
+        try:
+            self._execute("ROLLBACK")
+            self._discard_uncommitted()
+        except Exception as e:  # the connection may be in any state after an interruption
+            self._log.warning("%s: could not clean up after a failed commit (%s); will on reconnect", self._where, e)
+            self._drop()
 
     def _exists(self) -> bool:
         rows = self._execute("SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = %s", [self.database])
@@ -170,7 +184,6 @@ class DoltServerBackend(Backend):
         if self._conn is None:
             self.conn  # noqa: B018  (connects, enters the database, discards uncommitted changes)
             if self.is_initialized():
-                self._repair_tags()
                 self._check_committer_date()
 
     def close(self) -> None:
@@ -182,18 +195,6 @@ class DoltServerBackend(Backend):
             self._log.warning("%s: discarding uncommitted changes left by an interrupted commit", self._where)
             self._execute("CALL DOLT_RESET('--hard')")
             self._execute("CALL DOLT_CLEAN()")
-
-    def _repair_tags(self) -> None:
-        """Tag epoch commits whose tag a crash lost (the tag is made after DOLT_COMMIT)."""
-        tags = {name for (name,) in self._execute("SELECT tag_name FROM dolt_tags")}
-        for commit_hash, message in self._execute("SELECT commit_hash, message FROM dolt_log LIMIT 16"):
-            first = message.split("\n", 1)[0]
-            if not first.startswith("epoch "):
-                continue
-            tag = epoch_tag(int(first[6:]))
-            if tag in tags:
-                break
-            self._execute("CALL DOLT_TAG(%s, %s)", [tag, commit_hash])
 
     def _probe(self, base: str) -> str:
         """The hash of an empty commit on ``base`` with fixed author data: a function of the
@@ -273,13 +274,13 @@ class DoltServerBackend(Backend):
         self._execute(f"CREATE DATABASE {quote(self.database)}")
         self._execute(f"USE {quote(self.database)}")
         try:
-            for ddl in INTERNAL_DDL:
+            for ddl in self.dialect.internal_ddl:
                 self._execute(ddl)
             rows = self._execute(
                 "CALL DOLT_COMMIT('-A', '--author', %s, '--date', %s, '-m', 'genesis')", [GENESIS_AUTHOR, GENESIS_DATE]
             )
         except BaseException:
-            self._abort()
+            self._abandon()
             raise
         self._tag_genesis(str(rows[0][0]))
         return self.export_snapshot()
@@ -315,174 +316,9 @@ class DoltServerBackend(Backend):
             self._execute(f"USE {quote(self.database)}")
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        self._repair_tags()
         self._check_committer_date()
 
-    # -- reads ---------------------------------------------------------------------------
-
-    def head(self) -> str:
-        return str(self._execute("SELECT HASHOF('HEAD')")[0][0])
-
-    def last_epoch(self) -> EpochRow | None:
-        rows = self._execute(
-            "SELECT epoch, first_epoch, seal_seq, resume_seq, end_ms, applied, rejected, duplicates,"
-            " late, digest FROM oplog_epochs ORDER BY epoch DESC LIMIT 1"
-        )
-        return EpochRow(*rows[0]) if rows else None
-
-    def sealed_before(self, seq: int) -> int | None:
-        value = self._execute("SELECT MAX(epoch) FROM oplog_epochs WHERE seal_seq < %s", [seq])[0][0]
-        return None if value is None else int(value)
-
-    def config_log(self) -> list[tuple[int, Any]]:
-        return [
-            (seq, orjson.loads(body)) for seq, body in self._execute("SELECT seq, body FROM oplog_config ORDER BY seq")
-        ]
-
-    def tables(self) -> dict[str, TableSchema]:
-        return {
-            name: TableSchema.model_validate_json(definition)
-            for name, definition in self._execute("SELECT name, definition FROM oplog_tables ORDER BY name")
-        }
-
-    def read_rows(self, table: TableSchema, keys: list[Key]) -> dict[Key, RowState]:
-        result: dict[Key, RowState] = {}
-        pk = table.primary_key
-        value_cols = [c.name for c in table.value_columns]
-        select = ", ".join(quote(c) for c in (*pk, *value_cols, META_COLUMN))
-        width = len(pk)
-        for start in range(0, len(keys), CHUNK):
-            chunk = keys[start : start + CHUNK]
-            params = [part for key in chunk for part in key]
-            sql = f"SELECT {select} FROM {quote(table.name)} WHERE {keys_where(table, len(chunk))}"
-            for row in self._execute(sql, params):
-                values = dict(zip(value_cols, row[width:-1], strict=True))
-                result[tuple(row[:width])] = RowState(values, orjson.loads(row[-1]))
-            # A key is a row or a tombstone, never both: only the keys not found can be tombstones.
-            hashes = {key_hash(key): key for key in chunk if key not in result}
-            if not hashes:
-                continue
-            marks = ", ".join(["%s"] * len(hashes))
-            for pk_hash, meta in self._execute(
-                f"SELECT pk_hash, meta FROM oplog_tombstones WHERE tbl = %s AND pk_hash IN ({marks})",
-                [table.name, *hashes],
-            ):
-                result[hashes[pk_hash]] = RowState(None, orjson.loads(meta))
-        return result
-
-    def known_op_ids(self, ids: list[str]) -> dict[str, str]:
-        found: dict[str, str] = {}
-        for start in range(0, len(ids), CHUNK):
-            chunk = ids[start : start + CHUNK]
-            marks = ", ".join(["%s"] * len(chunk))
-            found.update(self._execute(f"SELECT id, digest FROM oplog_op_ids WHERE id IN ({marks})", chunk))
-        return found
-
-    def table_hash(self, table: str) -> str:
-        return str(self._execute("SELECT DOLT_HASHOF_TABLE(%s)", [table])[0][0])
-
-    def epoch_hashes(self, since_epoch: int | None = None) -> list[tuple[int, str]]:
-        pairs = [
-            (int(name[len(EPOCH_TAG_PREFIX) :]), str(tag_hash))
-            for name, tag_hash in self._execute("SELECT tag_name, tag_hash FROM dolt_tags")
-            if name.startswith(EPOCH_TAG_PREFIX)
-        ]
-        return sorted(p for p in pairs if since_epoch is None or p[0] >= since_epoch)
+    # -- keys ----------------------------------------------------------------------------
 
     def text_key_limit(self, table: TableSchema) -> int | None:
         return text_key_chars(table)
-
-    # -- write ---------------------------------------------------------------------------
-
-    def commit_epoch(self, plan: EpochPlan) -> str:
-        self.refuse_unstorable_keys(plan)
-        row = plan.epoch
-        try:
-            self._discard_uncommitted()  # also guards against writes by anyone else
-            for change in plan.table_changes:  # DDL commits implicitly: before the transaction
-                for sql in table_change_sql(change):
-                    self._execute(sql)
-            self._execute("START TRANSACTION")
-            self._executemany(
-                "REPLACE INTO oplog_tables (name, definition, epoch) VALUES (%s, %s, %s)",
-                [
-                    (c.after.name, canonical_json(c.after.model_dump(mode="json")), row.epoch)
-                    for c in plan.table_changes
-                ],
-            )
-            for writes in plan.writes:
-                self._write_table(writes)
-            self._executemany(
-                "REPLACE INTO oplog_op_ids (id, digest, epoch) VALUES (%s, %s, %s)",
-                [(op_id, d, row.epoch) for op_id, d in plan.op_ids],
-            )
-            self._execute("DELETE FROM oplog_op_ids WHERE epoch < %s", [plan.prune_op_ids_before])
-            self._executemany(
-                "INSERT INTO oplog_rejections (seq, idx, epoch, op_id, reason, detail, payload)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                [(r.seq, r.index, row.epoch, r.op_id, r.reason, r.detail, r.payload) for r in plan.rejections],
-            )
-            self._executemany(
-                "INSERT INTO oplog_config (seq, body, epoch) VALUES (%s, %s, %s)",
-                [(seq, body, row.epoch) for seq, body in plan.config_rows],
-            )
-            self._execute(
-                "INSERT INTO oplog_epochs (epoch, first_epoch, seal_seq, resume_seq, end_ms, applied, rejected,"
-                " duplicates, late, digest) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                [row.epoch, row.first_epoch, row.seal_seq, row.resume_seq, row.end_ms, row.applied, row.rejected,
-                 row.duplicates, row.late, row.digest],
-            )  # fmt: skip
-            self.faults.reach("commit.before-dolt-commit", row.epoch)
-            commit = plan.commit
-            (commit_hash,) = self._execute(
-                "CALL DOLT_COMMIT('-A', '--author', %s, '--date', %s, '-m', %s)",
-                [commit.author, commit.date, commit.message],
-            )[0]
-            self._execute("CALL DOLT_TAG(%s, %s)", [epoch_tag(row.epoch), commit_hash])
-            self._execute("COMMIT")
-        except BaseException:
-            self._abort()
-            raise
-        return str(commit_hash)
-
-    def _abort(self) -> None:
-        """Roll back and discard what DDL committed implicitly; a dead connection is
-        repaired when the next one is made."""
-        try:
-            self._execute("ROLLBACK")
-            self._discard_uncommitted()
-        except Exception as e:  # the connection may be in any state after an interruption
-            self._log.warning("%s: could not clean up after a failed commit (%s); will on reconnect", self._where, e)
-            self._drop()
-
-    def _write_table(self, writes: TableWrites) -> None:
-        table = writes.table
-        pk = table.primary_key
-        value_cols = [c.name for c in table.value_columns]
-        cols = ", ".join(quote(c) for c in (*pk, *value_cols, META_COLUMN))
-        marks = ", ".join(["%s"] * (len(pk) + len(value_cols) + 1))
-        self._executemany(
-            f"REPLACE INTO {quote(table.name)} ({cols}) VALUES ({marks})",
-            [
-                (*key, *(values.get(c) for c in value_cols), canonical_json(meta))
-                for key, values, meta in writes.upserts
-            ],
-        )
-        deleted = [key for key, _ in writes.deletes]
-        for start in range(0, len(deleted), CHUNK):
-            chunk = deleted[start : start + CHUNK]
-            self._execute(
-                f"DELETE FROM {quote(table.name)} WHERE {keys_where(table, len(chunk))}",
-                [part for key in chunk for part in key],
-            )
-        self._executemany(
-            "REPLACE INTO oplog_tombstones (tbl, pk_hash, pk, meta) VALUES (%s, %s, %s, %s)",
-            [(table.name, key_hash(key), key_text(key), canonical_json(meta)) for key, meta in writes.deletes],
-        )
-        cleared = [key_hash(key) for key in writes.cleared_tombstones]
-        for start in range(0, len(cleared), CHUNK):
-            hashes = cleared[start : start + CHUNK]
-            marks = ", ".join(["%s"] * len(hashes))
-            self._execute(
-                f"DELETE FROM oplog_tombstones WHERE tbl = %s AND pk_hash IN ({marks})", [table.name, *hashes]
-            )

@@ -1,6 +1,7 @@
 """Dolt sql-server's MySQL dialect for oplog: DDL, key limits, and the driver-error boundary.
 
-Pure functions of schemas and exceptions; :mod:`materializer.backends.dolt_server` does the I/O.
+Pure functions of schemas and exceptions (:class:`DoltServerDialect` for the commit steps of
+:mod:`materializer.backends.sql`); :mod:`materializer.backends.dolt_server` does the I/O.
 
 Types. Every value is stored in the canonical Python form :mod:`oplog.schema` normalizes to,
 so a row read back compares equal to what the strategy wrote: ``decimal``, ``json`` and
@@ -24,10 +25,12 @@ import hashlib
 
 import pymysql
 
-from materializer.backends.base import META_COLUMN
+from typing import Any
+
+from materializer.backends.sql import Dialect
 from materializer.errors import BackendError, TransientBackendError
-from materializer.plan import Key, TableChange, key_text
-from oplog.schema import ColumnType, TableSchema
+from materializer.plan import Key, key_text
+from oplog.schema import Column, ColumnType, TableSchema
 
 TEXT_KEY_CHARS = 1024
 VARCHAR_BYTES_PER_CHAR = 4  # utf8mb4
@@ -94,47 +97,53 @@ def text_key_chars(table: TableSchema) -> int:
     return min(TEXT_KEY_CHARS, KEY_BYTES_BUDGET // (VARCHAR_BYTES_PER_CHAR * texts))
 
 
-def column_sql(table: TableSchema, name: str, kind: ColumnType, nullable: bool) -> str:
-    if kind is ColumnType.TEXT and name in table.primary_key:
-        sql_type = f"VARCHAR({text_key_chars(table)})"
-    else:
-        sql_type = SQL_TYPES[kind]
-    return f"{quote(name)} {sql_type}{'' if nullable else ' NOT NULL'}"
-
-
-def create_table_sql(table: TableSchema) -> str:
-    columns = [column_sql(table, c.name, c.type, c.nullable) for c in table.columns]
-    columns.append(f"{quote(META_COLUMN)} LONGTEXT NOT NULL")
-    pk = ", ".join(quote(c) for c in table.primary_key)
-    return f"CREATE TABLE {quote(table.name)} ({', '.join(columns)}, PRIMARY KEY ({pk})){TABLE_OPTIONS}"
-
-
-def table_change_sql(change: TableChange) -> list[str]:
-    if change.before is None:
-        return [create_table_sql(change.after)]
-    known = {c.name for c in change.before.columns}
-    return [
-        f"ALTER TABLE {quote(change.after.name)} ADD COLUMN {column_sql(change.after, c.name, c.type, True)}"
-        for c in change.after.columns
-        if c.name not in known
-    ]
-
-
-def keys_where(table: TableSchema, count: int) -> str:
-    """A WHERE condition matching ``count`` primary keys, with ``%s`` placeholders in key order.
-
-    A single column uses ``IN``; a composite key an ``OR`` of ``AND``s, which Dolt serves
-    from the primary index (its row-constructor ``IN`` scans)."""
-    pk = table.primary_key
-    if len(pk) == 1:
-        return f"{quote(pk[0])} IN ({', '.join(['%s'] * count)})"
-    one = "(" + " AND ".join(f"{quote(c)} = %s" for c in pk) + ")"
-    return " OR ".join([one] * count)
-
-
 def key_hash(key: Key) -> str:
     """The tombstone row id of ``key``: SHA-256 of its canonical text."""
     return hashlib.sha256(key_text(key).encode()).hexdigest()
+
+
+class DoltServerDialect(Dialect):
+    """MySQL's spelling, as Dolt sql-server serves it."""
+
+    name = "dolt-server"
+    upsert = "REPLACE INTO"
+    call = "CALL"
+    head_sql = "SELECT HASHOF('HEAD')"
+    meta_type = "LONGTEXT"
+    table_options = TABLE_OPTIONS
+    ddl_in_transaction = False  # MySQL DDL commits the transaction implicitly
+    # Dolt serves IN lists of ~100 keys fastest (measured 20-35 vs 60-130 µs per key at 400).
+    read_chunk = 100
+    internal_ddl = INTERNAL_DDL
+    tombstone_columns = ("tbl", "pk_hash", "pk", "meta")
+    tombstone_id_column = "pk_hash"
+
+    def quote(self, name: str) -> str:
+        return quote(name)
+
+    def column_type(self, table: TableSchema, column: Column) -> str:
+        if column.type is ColumnType.TEXT and column.name in table.primary_key:
+            return f"VARCHAR({text_key_chars(table)})"
+        return SQL_TYPES[column.type]
+
+    def keys_where(self, table: TableSchema, count: int) -> str:
+        """A single column uses ``IN``; a composite key an ``OR`` of ``AND``s, which Dolt
+        serves from the primary index (its row-constructor ``IN`` scans)."""
+        pk = table.primary_key
+        if len(pk) == 1:
+            return f"{quote(pk[0])} IN ({', '.join('?' * count)})"
+        one = "(" + " AND ".join(f"{quote(c)} = ?" for c in pk) + ")"
+        return " OR ".join([one] * count)
+
+    def tombstone_id(self, key: Key) -> str:
+        return key_hash(key)
+
+    def tombstone_row(self, table: str, key: Key, meta: str) -> tuple[Any, ...]:
+        text = key_text(key)
+        return (table, hashlib.sha256(text.encode()).hexdigest(), text, meta)
+
+
+DIALECT = DoltServerDialect()
 
 
 def map_error(error: pymysql.err.MySQLError, where: str) -> BackendError:

@@ -9,14 +9,17 @@ which must be in autocommit mode (a transaction keeps showing the snapshot it be
 * :func:`wait_for_epoch` — read-your-writes from a producer receipt (decisions.md #16):
   wait until a commit exists whose epoch is at least ``receipt.epoch`` and whose seal comes
   after ``receipt.stream_seq`` in the stream; then the op is in it, applied or rejected.
-* :func:`rows_at_epoch` — a table as epoch ``k`` committed it: ``SELECT * FROM t AS OF
-  'epoch-<k>'`` (its tag) on Dolt sql-server; on doltlite, which has no ``AS OF`` and keeps
-  no tag per epoch, ``dolt_at_t(<hash>)`` of the commit whose message names epoch ``k``. An
-  epoch closed together with later ones (one seal for several epochs) has no commit of its
-  own: read the commit that closed it.
-* :func:`diff_epochs` — row changes between two epochs: Dolt's ``dolt_diff()`` table function
-  on sql-server; on doltlite, whose ``dolt_diff_<t>`` holds only parent-to-child steps, the
-  two ``dolt_at`` snapshots compared by primary key. Both give the same result.
+* :func:`rows_at_epoch` — a table as epoch ``k`` committed it. Epoch ``k``'s commit is found
+  one way on both backends: the commit whose message's first line is ``epoch <k>``
+  (:mod:`materializer.metadata`; no tags are kept, docs/decisions.md #28 and #41). It is
+  read with ``SELECT * FROM t AS OF '<hash>'`` on Dolt sql-server and
+  ``dolt_at_t('<hash>')`` on doltlite, which has no ``AS OF``. An epoch closed together
+  with later ones (one seal for several epochs) has no commit of its own: read the commit
+  that closed it.
+* :func:`diff_epochs` — row changes between two epochs: the two snapshots compared by primary
+  key, written once for both backends (doltlite's ``dolt_diff_<t>`` holds only
+  parent-to-child steps, and sql-server's ``dolt_diff()`` names its columns ``to_<c>``, which
+  a user column called ``commit`` would collide with).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Any, Literal
 
 import pymysql
 
-from materializer.backends.base import Backend, epoch_tag
+from materializer.backends.base import Backend
 from materializer.backends.dolt_server_sql import map_error
 from materializer.errors import BackendError, MaterializerError, TransientBackendError
 from materializer.metadata import EPOCH_MESSAGE_PREFIX
@@ -41,7 +44,6 @@ from oplog.schema import TableSchema
 Dialect = Literal["doltlite", "dolt-server"]
 DEFAULT_POLL_S = 0.05
 _EPOCH_COLUMNS = "epoch, first_epoch, seal_seq, resume_seq, end_ms, applied, rejected, duplicates, late, digest"
-_DIFF_META = {"to_commit", "from_commit", "to_commit_date", "from_commit_date", "diff_type"}
 
 
 class EpochNotCommitted(MaterializerError, TimeoutError):
@@ -189,26 +191,15 @@ async def wait_for_epoch_async(
             await asyncio.sleep(min(poll_s, remaining))
 
 
-def at_epoch_sql(dialect: Dialect, table: str, epoch: int) -> str:
-    """The SQL that reads ``table`` as epoch ``epoch`` committed it."""
-    _check_name(table)
-    if dialect == "doltlite":
-        return f"SELECT * FROM dolt_at_{table}(({EPOCH_COMMIT_SQL.format(epoch=int(epoch))}))"
-    return f"SELECT * FROM `{table}` AS OF '{epoch_tag(int(epoch))}'"
+# The commit of epoch k, found by its message on both backends (materializer.metadata).
+EPOCH_COMMIT_SQL = "SELECT commit_hash FROM dolt_log WHERE message LIKE ?"
+# A table at a commit: sql-server reads it AS OF the hash, doltlite through its table function.
+AT_COMMIT_SQL = {"doltlite": "SELECT * FROM dolt_at_{table}(?)", "dolt-server": "SELECT * FROM `{table}` AS OF ?"}
 
 
-# doltlite keeps no tag per epoch (decisions #28): the epoch's commit is the one whose
-# message's first line names it (materializer.metadata).
-EPOCH_COMMIT_SQL = (
-    f"SELECT commit_hash FROM dolt_log WHERE message LIKE '{EPOCH_MESSAGE_PREFIX}{{epoch}}' || char(10) || '%'"
-)
-
-
-def _epoch_ref(reader: _Reader, epoch: int) -> str:
-    """A ref Dolt resolves to epoch ``epoch``'s commit: its tag, or on doltlite its hash."""
-    if reader.dialect == "dolt-server":
-        return epoch_tag(int(epoch))
-    _, rows = reader.query(EPOCH_COMMIT_SQL.format(epoch=int(epoch)))
+def epoch_commit(reader: _Reader, epoch: int) -> str:
+    """The hash of epoch ``epoch``'s commit; BackendError if it has none."""
+    _, rows = reader.query(EPOCH_COMMIT_SQL, (f"{EPOCH_MESSAGE_PREFIX}{int(epoch)}\n%",))
     if not rows:
         raise BackendError(
             f"no commit of epoch {epoch}: it is not committed yet, or it was closed together with a "
@@ -228,11 +219,8 @@ def _key(schema: TableSchema, row: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def _rows_at(reader: _Reader, schema: TableSchema, epoch: int) -> dict[tuple[Any, ...], dict[str, Any]]:
-    ref = _epoch_ref(reader, epoch)  # fails with a message for an epoch without a commit of its own
-    if reader.dialect == "doltlite":
-        columns, rows = reader.query(f"SELECT * FROM dolt_at_{schema.name}(?)", (ref,))
-    else:
-        columns, rows = reader.query(at_epoch_sql(reader.dialect, schema.name, epoch))
+    commit = epoch_commit(reader, epoch)  # fails with a message for an epoch without a commit of its own
+    columns, rows = reader.query(AT_COMMIT_SQL[reader.dialect].format(table=schema.name), (commit,))
     found = (dict(zip(columns, row, strict=True)) for row in rows)
     return {_key(schema, row): row for row in found}
 
@@ -245,34 +233,16 @@ def rows_at_epoch(target: Backend | Any, table: str, epoch: int) -> list[dict[st
     return [rows[key] for key in sorted(rows)]
 
 
-def diff_sql(table: str, from_epoch: int, to_epoch: int) -> str:
-    """Dolt sql-server's diff of ``table`` between two epochs (doltlite has no equivalent)."""
-    _check_name(table)
-    return f"SELECT * FROM dolt_diff('{epoch_tag(int(from_epoch))}', '{epoch_tag(int(to_epoch))}', '{table}')"
-
-
 def diff_epochs(target: Backend | Any, table: str, from_epoch: int, to_epoch: int) -> list[RowChange]:
     """How ``table`` changed from epoch ``from_epoch`` to ``to_epoch``, in primary-key order."""
     _check_name(table)
     with _reading(target) as reader:
         schema = reader.schema(table)
-        if reader.dialect == "dolt-server":
-            columns, rows = reader.query(diff_sql(table, from_epoch, to_epoch))
-            changes = [_change(dict(zip(columns, row, strict=True))) for row in rows]
-        else:
-            before, after = _rows_at(reader, schema, from_epoch), _rows_at(reader, schema, to_epoch)
-            changes = [
-                RowChange("removed" if key not in after else "added" if key not in before else "modified",
-                          before.get(key), after.get(key))
-                for key in before.keys() | after.keys()
-                if before.get(key) != after.get(key)
-            ]  # fmt: skip
+        before, after = _rows_at(reader, schema, from_epoch), _rows_at(reader, schema, to_epoch)
+    changes = [
+        RowChange("removed" if key not in after else "added" if key not in before else "modified",
+                  before.get(key), after.get(key))
+        for key in before.keys() | after.keys()
+        if before.get(key) != after.get(key)
+    ]  # fmt: skip
     return sorted(changes, key=lambda c: _key(schema, c.after if c.after is not None else c.before))  # type: ignore[arg-type]
-
-
-def _change(row: dict[str, Any]) -> RowChange:
-    def side(prefix: str) -> dict[str, Any]:
-        return {k[len(prefix) :]: v for k, v in row.items() if k.startswith(prefix) and k not in _DIFF_META}
-
-    kind = row["diff_type"]
-    return RowChange(kind, None if kind == "added" else side("from_"), None if kind == "removed" else side("to_"))
