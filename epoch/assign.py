@@ -87,7 +87,9 @@ class Accepted(NamedTuple):
 
     ``op`` is an :class:`~oplog.op.OpRecord` when the assigner made it; planning also
     takes a pydantic :class:`~oplog.op.Op` (hand-built epochs in tests and benchmarks).
-    ``prepared`` is the result of the assigner's ``prepare`` hook for the op, if any.
+    ``prepared`` is the result of the assigner's ``prepare`` hook for the op, if any: for
+    the materializer a :class:`materializer.prepare.Prepared`, which planning checks by
+    type before use; opaque here, where nothing may depend on it.
     A tuple rather than a dataclass: one is made per op, and a tuple is built in half
     the time and held in less memory.
     """
@@ -97,7 +99,7 @@ class Accepted(NamedTuple):
     op: OpRecord | Op
     epoch: int
     late: bool = False
-    prepared: Any = None  # what Assigner.prepare returned for the op (planning's, opaque here)
+    prepared: object = None
 
 
 @dataclass(frozen=True, slots=True)

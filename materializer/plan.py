@@ -13,12 +13,9 @@ returns an :class:`EpochPlan` that a backend writes as ONE Dolt commit. In order
    row through their table's strategy; an op that does not fit is recorded as
    rejected, with a reason, and the epoch goes on.
 
-Work ahead of the seal: :func:`prepare_op` does the per-op part that depends only on
-the op and its table's schema (key checks, the strategy's ``prepare``) as the op
-arrives; its result rides on :attr:`~epoch.assign.Accepted.prepared`. ``plan_epoch``
-uses it only if the op's table at the seal equals the one it was prepared against, and
-otherwise does the same work itself, so a plan never depends on when (or whether) its
-ops were prepared (``tests/test_plan.py`` holds both equal).
+Work ahead of the seal is :mod:`materializer.prepare`'s: ``plan_epoch`` uses an op's
+:class:`~materializer.prepare.Prepared` result only while it still holds, so a plan
+never depends on when (or whether) its ops were prepared.
 """
 
 from __future__ import annotations
@@ -26,25 +23,25 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
 from epoch.assign import Accepted, SealedEpoch, recordable
 from materializer.errors import MaterializerError, OpRejected, StrategyError
 from materializer.metadata import CommitMeta, commit_meta, ops_digest
+from materializer.prepare import UNEXPECTED, Freshness, Key, KeyChecker, check_key_shape, key_fits, refusal
 from materializer.strategy import ABSENT, OpLike, RowState, get_strategy
 from oplog.codec import canonical_json, record_of
 from oplog.errors import SchemaError
 from oplog.op import OpRecord
-from oplog.schema import MAX_TABLES, ColumnType, SchemaMessage, TableSchema, evolve
+from oplog.schema import MAX_TABLES, SchemaMessage, TableSchema, evolve
 
-Key = tuple[str | int, ...]
 MAX_RECORDED_PAYLOAD = 65_536
 
 
-class Reader(Protocol):
-    """Bulk reads of stored state that planning needs."""
+class Reader(KeyChecker, Protocol):
+    """Bulk reads of stored state that planning needs, and the backend's key limits."""
 
     def read_rows(self, table: TableSchema, keys: list[Key]) -> dict[Key, RowState]:
         """Stored state of ``keys`` (rows or tombstones); absent keys are left out."""
@@ -52,9 +49,6 @@ class Reader(Protocol):
     def known_op_ids(self, ids: list[str]) -> dict[str, str]:
         """``id -> digest`` for those of ``ids`` applied within the dedup horizon."""
 
-    def check_key(self, table: TableSchema, key: Key) -> None:
-        """Raise ``OpRejected("bad_key")`` if the backend cannot store ``key`` in ``table``
-        (``Backend.check_key``): a function of backend kind and schema only."""
 
 
 @dataclass(frozen=True)
@@ -120,82 +114,6 @@ def _payload(op: OpLike) -> str:
     return canonical_json(op.to_wire())[:MAX_RECORDED_PAYLOAD]
 
 
-def _check_key(table: TableSchema, op: OpLike) -> None:
-    if len(op.key) != len(table.primary_key):
-        raise OpRejected(
-            "bad_key", f"table {table.name!r} has primary key {list(table.primary_key)}; got {len(op.key)} key part(s)"
-        )
-    for name, part in zip(table.primary_key, op.key, strict=True):
-        column = table.column(name)
-        assert column is not None
-        wanted = str if column.type is ColumnType.TEXT else int
-        if not isinstance(part, wanted):
-            raise OpRejected("bad_key", f"key column {name!r} is {column.type.value}; got {part!r}")
-
-
-def _key_fits(table: TableSchema) -> Callable[[Key], bool]:
-    """A quick test that a key has ``table``'s shape (exact str/int parts); a key that
-    fails it goes through :func:`_check_key`, which decides and words the rejection.
-    (The key's part types are a cached property of the schema value itself.)"""
-    types = table.key_types
-    if len(types) == 1:
-        only = types[0]
-        return lambda key: len(key) == 1 and type(key[0]) is only
-    return lambda key: len(key) == len(types) and all(type(p) is t for p, t in zip(key, types, strict=True))
-
-
-class _Refused(NamedTuple):
-    """A rejection found ahead of the seal, recorded when the epoch is planned."""
-
-    error: OpRejected
-    by_key: bool  # the table or key refused it, so it never reaches its row
-
-
-def prepare_op(op: OpRecord, tables: Mapping[str, TableSchema], reader: Reader | None = None) -> Any:
-    """The planning work for ``op`` that depends on it and its table's schema alone.
-
-    That is the key checks (``reader.check_key`` too, if the reader has one: the
-    backend's storage limits) and the strategy's :meth:`~materializer.strategy.Strategy.prepare`.
-    The result is meant for :attr:`Accepted.prepared`; None if ``op``'s table is not
-    declared in ``tables`` (a schema message still to come may declare it), or if
-    anything but a rejection went wrong (planning then meets it again, at the seal).
-    """
-    table = tables.get(op.table)
-    if table is None:
-        return None
-    try:
-        try:
-            if not _key_fits(table)(op.key):
-                _check_key(table, op)
-            if reader is not None:
-                reader.check_key(table, op.key)
-        except OpRejected as e:
-            return (table, _Refused(e, True))
-        try:
-            return (table, get_strategy(table.strategy).prepare(table, op))
-        except OpRejected as e:
-            return (table, _Refused(e, False))
-    except Exception:  # a broken plugin fails where it always did: planning
-        return None
-
-
-class _Freshness:
-    """Whether an op's preparation still holds: its table then equals the table now.
-
-    Call it only when the two are not the same object (the usual case, checked inline
-    by the callers); the verdict is kept per prepared-against schema object.
-    """
-
-    def __init__(self) -> None:
-        self._verdicts: dict[int, bool] = {}  # by id of a schema object the ops keep alive
-
-    def __call__(self, then: TableSchema, now: TableSchema) -> bool:
-        fresh = self._verdicts.get(id(then))
-        if fresh is None:
-            fresh = self._verdicts[id(then)] = then == now
-        return fresh
-
-
 def apply_schema(tables: Mapping[str, TableSchema], body: Any) -> tuple[dict[str, TableSchema], list[TableChange]]:
     """Tables after one schema message; raises SchemaError/StrategyError if refused.
 
@@ -255,7 +173,7 @@ def plan_epoch(sealed: SealedEpoch, tables: Mapping[str, TableSchema], reader: R
     survivors = sorted(first_copy.values(), key=_op_of)
 
     not_applied: set[str] = set()
-    freshness = _Freshness()
+    freshness = Freshness()
     rows = _rows_by_table(survivors, current, reader, rejections, not_applied, freshness)
     created = {change.after.name for change in changes if change.before is None}
     writes: list[TableWrites] = []
@@ -331,7 +249,7 @@ def _apply_controls(
             continue
         except (MemoryError, MaterializerError):
             raise
-        except Exception as e:  # see _refusal: a bug about this message alone
+        except Exception as e:  # see materializer.prepare.refusal: a bug about this message alone
             detail = f"{type(e).__name__} while applying this schema message"
             rejections.append(RejectionRow(control.seq, -1, None, UNEXPECTED, detail, recordable(control.body)))
             continue
@@ -372,11 +290,12 @@ def _rows_by_table(
     reader: Reader,
     rejections: list[RejectionRow],
     not_applied: set[str],
-    freshness: _Freshness,
+    freshness: Freshness,
 ) -> dict[str, tuple[TableSchema, dict[Key, Accepted | list[Accepted]]]]:
     """Survivors that name a declared table and fit its key, by table and row, in apply
     order. A row touched once holds its op; a row touched again holds a list."""
     check_storable = reader.check_key
+    holds = freshness.holds
     tables: dict[str, tuple[TableSchema, Callable[[Key], bool], dict[Key, Any]] | None] = {}
     for acc in survivors:
         op = acc.op
@@ -385,24 +304,24 @@ def _rows_by_table(
             entry = tables[name]
         except KeyError:
             table = current.get(name)
-            entry = tables[name] = None if table is None else (table, _key_fits(table), {})
+            entry = tables[name] = None if table is None else (table, key_fits(table), {})
         key = op.key
         try:
             if entry is None:
                 raise OpRejected("unknown_table", f"no table {name!r} is declared; publish its schema first")
             table, fits, by_key = entry
             prepared = acc.prepared
-            if prepared is None or (prepared[0] is not table and not freshness(prepared[0], table)):
+            if not holds(prepared, table):
                 if not fits(key):
-                    _check_key(table, op)
+                    check_key_shape(table, op)
                 # Storage limits of the backend (e.g. VARCHAR length on dolt-server) are a
                 # function of backend kind and schema only, so every peer rejects alike.
                 check_storable(table, key)
-            elif type(prepared[1]) is _Refused and prepared[1].by_key:
-                raise prepared[1].error
+            elif prepared.by_key:
+                raise prepared.refused
         except Exception as e:
-            refusal = _refusal(e)
-            rejections.append(RejectionRow(acc.seq, acc.index, op.id, refusal.reason, refusal.detail, _payload(op)))
+            refused = refusal(e)
+            rejections.append(RejectionRow(acc.seq, acc.index, op.id, refused.reason, refused.detail, _payload(op)))
             not_applied.add(op.id)
             continue
         seen = by_key.get(key)
@@ -422,11 +341,12 @@ def _fold_table(
     stored: Mapping[Key, RowState],
     rejections: list[RejectionRow],
     not_applied: set[str],
-    freshness: _Freshness,
+    freshness: Freshness,
 ) -> TableWrites:
     """Each row's ops folded through the table's strategy, from its stored state."""
     strategy = get_strategy(table.strategy)
     apply, apply_prepared = strategy.apply, strategy.apply_prepared
+    holds = freshness.holds
     out = TableWrites(table)
     upserts = out.upserts
     for key in keys:
@@ -436,16 +356,16 @@ def _fold_table(
         for acc in ops if type(ops) is list else (ops,):
             try:
                 prepared = acc.prepared
-                if prepared is None or (prepared[0] is not table and not freshness(prepared[0], table)):
+                if not holds(prepared, table):
                     state = apply(table, state, acc.op)
-                elif type(prepared[1]) is _Refused:
-                    raise prepared[1].error
+                elif prepared.refused is not None:
+                    raise prepared.refused
                 else:
-                    state = apply_prepared(table, state, acc.op, prepared[1])
+                    state = apply_prepared(table, state, acc.op, prepared.value)
             except Exception as e:
-                refusal = _refusal(e)
+                refused = refusal(e)
                 rejections.append(
-                    RejectionRow(acc.seq, acc.index, acc.op.id, refusal.reason, refusal.detail, _payload(acc.op))
+                    RejectionRow(acc.seq, acc.index, acc.op.id, refused.reason, refused.detail, _payload(acc.op))
                 )
                 not_applied.add(acc.op.id)
         # What changed, as _record says, with its two usual cases first: a new row, and
@@ -458,27 +378,6 @@ def _fold_table(
                 continue
         _record(out, key, before, state)
     return out
-
-
-UNEXPECTED = "unexpected_error"
-
-
-def _refusal(error: Exception) -> OpRejected:
-    """The rejection for an error met while planning one op.
-
-    An :class:`OpRejected` is the op's own fault and says why. Any other error from a
-    strategy or a check is a bug, but a bug about this op alone: the op is rejected,
-    and the epoch commits (a peer must never crash-loop on one message). Its detail is
-    the exception's class only: a message may hold addresses or wording that differ
-    between peers, a class does not. Errors that are about the peer, not the op, stop
-    the peer as before: running out of memory (another peer may not), a strategy that
-    is not installed (a deployment error), a failing database.
-    """
-    if isinstance(error, OpRejected):
-        return error
-    if isinstance(error, (MemoryError, MaterializerError)):
-        raise error
-    return OpRejected(UNEXPECTED, f"{type(error).__name__} while planning this op")
 
 
 def _conflict(acc: Accepted) -> RejectionRow:

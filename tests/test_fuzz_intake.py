@@ -14,7 +14,7 @@ everything still open. The generated messages are:
   one field mutated; plain valid seals of nearby epochs, so epochs close mid-stream.
 
 The stream is fed through :class:`epoch.assign.Assigner` (with the materializer's
-``prepare`` hook, :func:`materializer.plan.prepare_op`) and every sealed epoch through
+``prepare`` hook, :func:`materializer.prepare.prepare_op`) and every sealed epoch through
 :func:`materializer.plan.plan_epoch`. Properties:
 
 * nothing raises;
@@ -52,7 +52,8 @@ from hypothesis import strategies as st
 
 from epoch.assign import Assigner, SealedEpoch, StreamMessage
 from materializer.backends.doltlite import DoltliteBackend
-from materializer.plan import EpochPlan, plan_epoch, prepare_op
+from materializer.plan import EpochPlan, plan_epoch
+from materializer.prepare import prepare_op
 from oplog.schema import TableSchema
 from oplog.topology import Topology
 from tests import hostile_corpus as hc

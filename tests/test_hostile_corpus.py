@@ -48,7 +48,8 @@ from devtools.processes import PeerProcess
 from epoch.assign import Assigner, StreamMessage
 from materializer.backends.doltlite import DoltliteBackend
 from materializer.agreement.hashes import HashBoard
-from materializer.plan import plan_epoch, prepare_op
+from materializer.plan import plan_epoch
+from materializer.prepare import prepare_op
 from materializer.commit.readahead import ReadAhead
 from oplog.stream import ensure_stream
 from oplog.topology import Topology

@@ -29,6 +29,7 @@ PURE_CORE = [
     "epoch/config.py",
     "epoch/assign.py",
     "materializer/plan.py",
+    "materializer/prepare.py",
     "materializer/metadata.py",
     "materializer/strategy.py",
     "materializer/strategies/*.py",

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from epoch.assign import Accepted, Control, Rejected, SealedEpoch
 from epoch.config import DatabaseConfig
 from materializer.metadata import CommitMeta, ops_digest
-from materializer.plan import EpochPlan, EpochRow, Key, RejectionRow, TableChange, TableWrites, plan_epoch, prepare_op
+from materializer.plan import EpochPlan, EpochRow, Key, RejectionRow, TableChange, TableWrites, plan_epoch
+from materializer.prepare import prepare_op
 from materializer.strategy import RowState
 from oplog.codec import canonical_json, digest, record_of
 from oplog.hlc import HLC
@@ -434,7 +435,7 @@ def test_an_op_refused_by_the_schema_it_arrived_under_is_applied_under_the_one_i
     # The op arrives while items has no price column, so preparing it refuses it...
     early = record_of(op("p1", data={"price": "2.50"}))
     prepared = prepare_op(early, {"items": ITEMS_NO_PRICE})
-    assert prepared is not None and prepared[1].error.reason == "unknown_column"
+    assert prepared is not None and prepared.refused is not None and prepared.refused.reason == "unknown_column"
     # ...but the schema message adding the column is attached to the same commit.
     declare = Control(5, "schema", {"tables": [ITEMS.model_dump(mode="json")]})
     epoch = sealed(Accepted(7, 0, early, 3, prepared=prepared), controls=(declare,))

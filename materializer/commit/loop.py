@@ -25,7 +25,8 @@ from materializer.backends.base import Backend
 from materializer.errors import GenesisError, RetentionGap
 from materializer.faults import FaultPoints
 from materializer.bootstrap.genesis import ensure_genesis
-from materializer.plan import plan_epoch, prepare_op
+from materializer.plan import plan_epoch
+from materializer.prepare import prepare_op
 from materializer.commit.readahead import ReadAhead
 from materializer.commit.reader import StreamReader
 from materializer.bootstrap.snapshots import SnapshotInfo, SnapshotPolicy, SnapshotStore
