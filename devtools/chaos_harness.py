@@ -31,7 +31,8 @@ from oplog.errors import PublishError
 from oplog.hlc import HybridLogicalClock, system_clock_ms
 from oplog.nats_errors import TRANSIENT
 from oplog.op import Op
-from oplog.producer import Producer, ProducerConfig, Receipt
+from oplog.producer import Producer, ProducerConfig
+from oplog.receipts import Receipt
 from oplog.schema import SchemaMessage
 from oplog.topology import StreamLimits, Topology
 from peer.control import default_origin_ms, init_database, publish_schema

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from oplog.errors import CodecError
+from oplog.errors import CodecError, InvalidOp
 from oplog.op import Op, OpRecord, fast_op, fast_record
 
 WIRE_VERSION = 1
@@ -114,3 +114,22 @@ def raw_op_id(raw: Any) -> str | None:
     if isinstance(raw, dict) and isinstance(raw.get("id"), str) and raw["id"]:
         return raw["id"][:200]
     return None
+
+
+_SORT_KEYS = orjson.OPT_SORT_KEYS
+
+
+def encode_op(op: Op) -> bytes:
+    """The op as canonical wire JSON: the same bytes as ``canonical_bytes(op.to_wire())``.
+
+    Built from the fields directly (orjson writes the key tuple as an array and the kind,
+    a ``str`` enum, as its value), which is twice as fast as going through ``to_wire``.
+    Raises :class:`InvalidOp` if ``data`` holds something JSON cannot represent.
+    """
+    wire = {"hlc": list(op.hlc), "id": op.id, "key": op.key, "kind": op.kind, "table": op.table}
+    if op.data is not None:
+        wire["data"] = op.data
+    try:
+        return orjson.dumps(wire, option=_SORT_KEYS)
+    except TypeError as e:  # orjson.JSONEncodeError
+        raise InvalidOp(f"op {op.id!r} is not JSON-serializable ({e}); nothing was queued") from None

@@ -9,6 +9,8 @@ strict about known ones.
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
 from enum import StrEnum
 from typing import Any, NamedTuple
@@ -319,3 +321,34 @@ def wire_dict(op_id: str, hlc: list[Any], table: str, key: tuple[Any, ...], kind
     if data is not None:
         wire["data"] = data
     return wire
+
+
+class _OpIds:
+    """Unique op ids, 32 hex characters like ``uuid4().hex``, about 10x cheaper.
+
+    An id is a random 96-bit prefix and a 32-bit counter. The prefix is redrawn when the
+    counter wraps and in a forked child (which would otherwise repeat its parent's ids).
+    """
+
+    def __init__(self) -> None:
+        self._reseed()
+        os.register_at_fork(after_in_child=self._reseed)
+
+    def _reseed(self) -> None:
+        self._prefix = os.urandom(12).hex()
+        self._counter = itertools.count()
+
+    def next(self) -> str:
+        n = next(self._counter)
+        if n > 0xFFFFFFFF:
+            self._reseed()
+            n = next(self._counter)
+        return f"{self._prefix}{n:08x}"
+
+
+_op_ids = _OpIds()
+
+
+def new_op_id() -> str:
+    """A new unique op id (32 hex characters)."""
+    return _op_ids.next()

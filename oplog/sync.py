@@ -27,7 +27,8 @@ from oplog.connection import NatsOptions
 from oplog.errors import PublishError
 from oplog.hlc import HLC
 from oplog.op import Op, OpKind
-from oplog.producer import Producer, ProducerConfig, Receipt, ReceiptFuture
+from oplog.producer import Producer, ProducerConfig
+from oplog.receipts import Receipt, ReceiptFuture
 from oplog.topology import Topology
 
 T = TypeVar("T")

@@ -23,7 +23,10 @@ from oplog.codec import canonical_bytes, decode_batch, decode_op
 from oplog.errors import InvalidOp, OversizeOp, PublishError
 from oplog.hlc import HybridLogicalClock
 from oplog.op import Op
-from oplog.producer import Producer, ProducerConfig, Receipt, ReceiptFuture, _OpIds, _receipt, encode_op
+from oplog.codec import encode_op
+from oplog.op import _OpIds
+from oplog.producer import Producer, ProducerConfig
+from oplog.receipts import Receipt, ReceiptFuture, make_receipt
 from oplog.stream import ensure_stream
 from oplog.topology import StreamLimits, Topology
 from tests.support import connected
@@ -100,7 +103,7 @@ def test_encode_op_refuses_what_json_cannot_hold() -> None:
 
 def test_receipts_built_fast_equal_receipts_built_plainly() -> None:
     hlc = HybridLogicalClock("r").now()
-    fast = _receipt("id", hlc, 7, True, 3)
+    fast = make_receipt("id", hlc, 7, True, 3)
     assert fast == Receipt("id", hlc, 7, True, 3)
     assert hash(fast) == hash(Receipt("id", hlc, 7, True, 3))
     assert repr(fast) == repr(Receipt("id", hlc, 7, True, 3))

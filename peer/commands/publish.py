@@ -32,7 +32,9 @@ import orjson
 from pydantic import ValidationError
 
 from oplog.errors import OplogError, PublishError
-from oplog.producer import BATCH_OVERHEAD, Producer, Receipt, ReceiptFuture, encode_op
+from oplog.codec import encode_op
+from oplog.producer import BATCH_OVERHEAD, Producer
+from oplog.receipts import Receipt, ReceiptFuture
 from oplog.schema import SchemaMessage
 from peer.commands.common import add_nats_options, jetstream, nats_options, say, topology
 from peer.control import publish_schema
