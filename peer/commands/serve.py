@@ -96,6 +96,8 @@ async def cmd_serve(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
+    # From here a signal stops the peer cleanly, even while it still waits for NATS.
+    log.info("peer %s starting: connecting to NATS at %s", args.name, config.nats.display_url)
     try:
         await peer
     except asyncio.CancelledError:
