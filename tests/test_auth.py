@@ -136,7 +136,7 @@ def matches(pattern: str, subject: str) -> bool:
 
 def test_every_hash_board_key_a_peer_writes_about_itself_is_granted_and_no_other_peers() -> None:
     # Guard for new key families: each f-string key HashBoard puts or deletes, for peer "a".
-    source = (ROOT / "materializer" / "hashes.py").read_text()
+    source = (ROOT / "materializer" / "agreement" / "hashes.py").read_text()
     keys = re.findall(r'kv\.(?:put|delete|create)\(f"([^"]+)"', source)
     assert len(keys) >= 3, keys
     granted = peer_permissions([TOPOLOGY], "a").publish
