@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -13,7 +11,7 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from materializer.errors import BucketNotReady
-from oplog.nats_errors import CLUSTER_SETTLING
+from oplog.nats_errors import CLUSTER_SETTLING, RetryPolicy
 
 READY_TIMEOUT_S = 30.0
 T = TypeVar("T")
@@ -53,22 +51,26 @@ async def _open(stream: str, find: Callable[[], Awaitable[T]], create: Callable[
     bucket at once (peers starting together on a fresh cluster) all meet this, on the
     lookup, the creation or the first read.
     """
-    deadline = time.monotonic() + timeout_s
-    while True:
+    async def ready() -> T:
         try:
-            try:
-                bucket = await find()
-            except BucketNotFoundError:
-                bucket = await create()
-            info = await js.stream_info(stream)
-            if info.cluster is None or info.cluster.leader:
-                return bucket
-        except CLUSTER_SETTLING:
-            pass
-        if time.monotonic() > deadline:
-            raise BucketNotReady(f"stream {stream} has no leader after {timeout_s:.0f} s; "
-                                 "check that a majority of the JetStream cluster's nodes is up")  # fmt: skip
-        await asyncio.sleep(0.1)
+            bucket = await find()
+        except BucketNotFoundError:
+            bucket = await create()
+        info = await js.stream_info(stream)
+        if info.cluster is not None and not info.cluster.leader:
+            raise _NoLeaderYet
+        return bucket
+
+    policy = RetryPolicy((*CLUSTER_SETTLING, _NoLeaderYet), deadline_s=timeout_s, first_pause_s=0.1, max_pause_s=0.1)
+    try:
+        return await policy.run(ready)
+    except (*CLUSTER_SETTLING, _NoLeaderYet):
+        raise BucketNotReady(f"stream {stream} has no leader after {timeout_s:.0f} s; "
+                             "check that a majority of the JetStream cluster's nodes is up") from None  # fmt: skip
+
+
+class _NoLeaderYet(Exception):
+    """The bucket's stream exists but has not elected a leader yet (internal)."""
 
 
 async def keys_matching(js: JetStreamContext, bucket: str, pattern: str) -> list[str]:

@@ -48,7 +48,7 @@ from oplog.connection import connect as connect_nats
 from oplog.epochs import EpochTracker
 from oplog.errors import CodecError, InvalidOp, OversizeOp, PublishError
 from oplog.hlc import HLC, HybridLogicalClock
-from oplog.nats_errors import TRANSIENT
+from oplog.nats_errors import TRANSIENT, RetryPolicy
 from oplog.op import Op, OpKind, fast_op, new_op_id
 from oplog.receipts import ACKED, BATCH_TAIL, FAILED, Batch, CallbackRunner, Receipt, ReceiptFuture, Receipts
 from oplog.topology import StreamLimits, Topology
@@ -101,6 +101,8 @@ class Producer:
         self.topology = topology
         self.clock = clock
         self.config = config or ProducerConfig()
+        self._retry = RetryPolicy(TRANSIENT, attempts=self.config.retries + 1,
+                                  first_pause_s=self.config.retry_backoff_s, max_pause_s=float("inf"))  # fmt: skip
         self._epoch_of = epoch_of
         self._open: dict[str, Batch] = {}  # the batch being filled, per table
         self._inflight: set[asyncio.Task[None]] = set()
@@ -372,23 +374,24 @@ class Producer:
         headers = {"Nats-Msg-Id": "ops-" + hashlib.sha256(ids.encode()).hexdigest()[:32]}
         subject = self.topology.ops_subject(batch.table)
         timeout = self.config.ack_timeout_s
-        error: Exception | None = None
-        for attempt in range(self.config.retries + 1):
-            try:
-                pending = await self._js.publish_async(
-                    subject, payload, wait_stall=timeout, stream=self.topology.stream, headers=headers
-                )
-                # wait_for cancels the pending ack on timeout, which frees nats-py's slot.
-                ack = await asyncio.wait_for(pending, timeout)
-            except TRANSIENT as e:
-                # Same payload and Nats-Msg-Id: the stream stores it at most once. A
-                # permanent refusal (a bad request) is not retried: it fails the batch.
-                error = e
-                if attempt < self.config.retries:
-                    await asyncio.sleep(self.config.retry_backoff_s * (2**attempt))
-                continue
-            batch.settle(ACKED, seq=ack.seq, duplicate=bool(ack.duplicate))
+
+        async def attempt() -> Any:
+            pending = await self._js.publish_async(
+                subject, payload, wait_stall=timeout, stream=self.topology.stream, headers=headers
+            )
+            # wait_for cancels the pending ack on timeout, which frees nats-py's slot.
+            return await asyncio.wait_for(pending, timeout)
+
+        # Same payload and Nats-Msg-Id every time: the stream stores it at most once. A
+        # permanent refusal (a bad request) is not retried: it fails the batch.
+        try:
+            ack = await self._retry.run(attempt)
+        except TRANSIENT as error:
+            self._fail(batch, error)
             return
+        batch.settle(ACKED, seq=ack.seq, duplicate=bool(ack.duplicate))
+
+    def _fail(self, batch: Batch, error: BaseException) -> None:
         message = (
             f"stream {self.topology.stream} did not acknowledge {len(batch.ops)} op(s) after "
             f"{self.config.retries + 1} attempts ({error!r}); retrying them with the same ids is safe"

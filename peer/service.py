@@ -29,7 +29,7 @@ from materializer.bootstrap.snapshots import SnapshotInfo, SnapshotPolicy
 from oplog.connection import NatsOptions
 from oplog.connection import close as close_nats
 from oplog.connection import connect as connect_nats
-from oplog.nats_errors import CLUSTER_SETTLING
+from oplog.nats_errors import CLUSTER_SETTLING, RetryPolicy
 from oplog.stream import ensure_stream, publish_json
 from oplog.topology import StreamLimits, Topology
 from peer import logs, metrics
@@ -125,6 +125,7 @@ async def connect(nats: str | NatsOptions, *, name: str) -> Client:
 
 
 START_TIMEOUT_S = 60.0
+STARTING = RetryPolicy(CLUSTER_SETTLING, deadline_s=START_TIMEOUT_S, first_pause_s=0.5, max_pause_s=0.5)
 
 
 async def _settled(step: Callable[[], Awaitable[None]], what: str, log: logging.Logger) -> None:
@@ -135,16 +136,10 @@ async def _settled(step: Callable[[], Awaitable[None]], what: str, log: logging.
     Each start-up step is idempotent (ensure the stream; open, genesis or snapshot,
     position), so it is simply tried again, up to a deadline.
     """
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        try:
-            await step()
-            return
-        except CLUSTER_SETTLING as e:
-            if time.monotonic() > deadline:
-                raise
-            log.warning("%s: the JetStream cluster is not ready (%s); trying again", what, type(e).__name__)
-            await asyncio.sleep(0.5)
+    def settling(error: BaseException, attempt: int) -> None:
+        log.warning("%s: the JetStream cluster is not ready (%s); trying again", what, type(error).__name__)
+
+    await STARTING.run(step, settling)
 
 
 @contextlib.asynccontextmanager
