@@ -43,9 +43,11 @@ async def test_verify_recomputes_epochs_and_names_the_peer_that_differs(
         await wait_until(all_reported, "every peer to report the last epoch", tasks, allowed_to_end=("c",))
 
     # From a snapshot the healthy majority confirmed (a and b snapshot every 2 epochs).
+    # --explain reads c's own file: its commit of the first epoch it differs in lacks one upsert.
     code, out, err = await asyncio.to_thread(
-        oplog_verify, nats_server.url, "--from-epoch", str(FAULT_EPOCH), "--epoch", str(EPOCHS - 1), "--json"
-    )
+        oplog_verify, nats_server.url, "--from-epoch", str(FAULT_EPOCH), "--epoch", str(EPOCHS - 1), "--json",
+        "--explain", "--peer-db", f"c={tmp_path / 'c' / 't.db'}",
+    )  # fmt: skip
     assert code == 1, err
     result = orjson.loads(out)
     assert result["base"].startswith(f"the snapshot of epoch {FAULT_EPOCH - 1} by ")
@@ -53,6 +55,13 @@ async def test_verify_recomputes_epochs_and_names_the_peer_that_differs(
     for check in result["checks"]:
         assert check["disagreeing"] == ["c"]
         assert check["reports"]["a"] == check["reports"]["b"] == check["recomputed"]
+    (explanation,) = result["explanations"]
+    assert explanation["peer"] == "c" and explanation["epoch"] == FAULT_EPOCH, explanation
+    (table,) = explanation["tables"]
+    assert table["table"] == "users" and table["rows_differing"] == 1, table
+    (row,) = table["rows"]  # the dropped upsert: c kept the epoch before's values
+    assert row["key"] == ["k0"] and "name" in row["columns"], row
+    assert row["peer"]["name"] == f"e{FAULT_EPOCH - 1}" and row["expected"]["name"] == f"e{FAULT_EPOCH}", row
 
     # From the genesis, before the fault: everyone agrees, exit 0, a table on stdout.
     code, out, err = await asyncio.to_thread(oplog_verify, nats_server.url, "--from-epoch", "0", "--epoch", "2")

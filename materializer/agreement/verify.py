@@ -1,15 +1,18 @@
 """``oplog verify``: recompute epochs from the stream in a scratch database and compare.
 
-The recomputation is a real materializer run on a fresh doltlite file: it starts from
-the newest snapshot *before* the first epoch to verify whose hash a majority of peers
-confirmed (or from the shared genesis while the stream still starts at sequence 1),
-replays the stream through the last epoch to verify, and compares each recomputed
-epoch hash with every peer's report on the hash board. Nothing is written anywhere but
-the scratch file, so it is safe against a live deployment.
+The recomputation is a real materializer run on a fresh scratch database of the
+deployment's own kind (:mod:`materializer.agreement.scratch`: a doltlite file, or a
+database on a dolt sql-server the operator names; the kind decides only how the scratch
+is made and removed, never the steps below). It starts from the newest snapshot
+*before* the first epoch to verify whose hash a majority of peers confirmed (or from
+the shared genesis while the stream still starts at sequence 1), replays the stream
+through the last epoch to verify, and compares each recomputed epoch hash with every
+peer's report on the hash board. Nothing is written anywhere but the scratch database,
+which is removed afterwards, whatever happened: it is safe against a live deployment.
 
-A database whose peers run on Dolt sql-server has a sql-server genesis, which a
-doltlite scratch file cannot install; verifying those is not supported yet and fails
-with a message saying so.
+With ``explain`` (peer name -> where its database is), each peer that differs is
+explained at the first verified epoch it differs in: which tables and rows of its
+commit differ from the recomputed one (:mod:`materializer.agreement.explain`).
 """
 
 from __future__ import annotations
@@ -17,18 +20,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nats.js import JetStreamContext
 
-from materializer.agreement.verdict import majority
-from materializer.backends.doltlite import DoltliteBackend
-from materializer.errors import RetentionGap, StreamDamaged, VerificationError
-from materializer.bootstrap.genesis import fetch_genesis
+from materializer.agreement.commits import Location
+from materializer.agreement.explain import MAX_ROWS, Explanation, explain_commit
 from materializer.agreement.hashes import HashBoard
-from materializer.commit.loop import Materializer
+from materializer.agreement.scratch import (
+    DoltliteScratch,
+    Scratch,
+    ScratchDatabase,
+    artifact_kind,
+    describe_kind,
+)
+from materializer.agreement.verdict import majority
+from materializer.bootstrap.genesis import fetch_genesis
 from materializer.bootstrap.snapshots import SnapshotInfo, SnapshotStore
+from materializer.commit.loop import Materializer
+from materializer.errors import BackendError, RetentionGap, StreamDamaged, VerificationError
 from oplog.topology import Topology
 
 VERIFY_PEER = "verify"
@@ -51,6 +63,9 @@ class EpochCheck:
 class Verification:
     base: str  # where the recomputation started: the genesis or a snapshot
     checks: list[EpochCheck] = field(default_factory=list)
+    scratch: str = ""  # where it ran (the scratch database, removed since)
+    # One per differing peer when asked to explain (``verify(explain=...)``), else None.
+    explanations: list[Explanation] | None = None
 
     @property
     def ok(self) -> bool:
@@ -64,16 +79,24 @@ class Verification:
 async def verify(
     js: JetStreamContext,
     topology: Topology,
-    workdir: Path,
+    scratch: Scratch | Path,
     *,
     through: int | None = None,
     since: int | None = None,
     timeout_s: float = 120.0,
     logger: logging.Logger | None = None,
+    explain: Mapping[str, Location] | None = None,
+    explain_rows: int = MAX_ROWS,
 ) -> Verification:
     """Recompute epochs ``since..through`` (default: the newest epoch any peer reported,
-    alone) into ``workdir`` and compare them with the hash board."""
+    alone) in a scratch database and compare them with the hash board.
+
+    ``scratch`` makes that database (a directory: a doltlite file in it). ``explain``
+    maps peer names to their databases: each peer that differs is then explained (a peer
+    missing from it gets an explanation saying so); at most ``explain_rows`` rows per table."""
     log = logger or logging.getLogger("oplog.verify")
+    if isinstance(scratch, Path):
+        scratch = DoltliteScratch(scratch)
     board = HashBoard(js, topology)
     peers = await board.peers()
     if through is None:
@@ -85,10 +108,36 @@ async def verify(
     if since > through:
         raise VerificationError(f"--from-epoch {since} is after --epoch {through}")
 
-    backend = DoltliteBackend(workdir / f"{topology.db}-verify.db")
-    await asyncio.to_thread(backend.open)
+    database = await asyncio.to_thread(scratch.create, topology.db)
     try:
-        base = await _install_base(js, topology, board, peers, backend, since)
+        base, recomputed = await _recompute(
+            js, topology, board, peers, scratch, database, since, through, timeout_s, log
+        )
+        checks = [EpochCheck(epoch, h, await board.reports(epoch, peers)) for epoch, h in recomputed]
+        explanations = None
+        if explain is not None:
+            explanations = await asyncio.to_thread(_explain, checks, explain, database, explain_rows)
+    finally:
+        await asyncio.to_thread(scratch.drop, database)
+    return Verification(base, checks, database.description, explanations)
+
+
+async def _recompute(
+    js: JetStreamContext,
+    topology: Topology,
+    board: HashBoard,
+    peers: list[str],
+    scratch: Scratch,
+    database: ScratchDatabase,
+    since: int,
+    through: int,
+    timeout_s: float,
+    log: logging.Logger,
+) -> tuple[str, list[tuple[int, str]]]:
+    """Materialize ``since..through`` into ``database``; return its base and ``(epoch, hash)`` pairs."""
+    backend = database.backend
+    try:
+        base = await _install_base(js, topology, board, peers, scratch, database, since)
         materializer = Materializer(js, topology, backend, peer=VERIFY_PEER, logger=log)
         await materializer.start()
         try:
@@ -113,8 +162,31 @@ async def verify(
             await materializer.close()  # closes the backend too
     finally:
         await asyncio.to_thread(backend.close)
-    checks = [EpochCheck(epoch, h, await board.reports(epoch, peers)) for epoch, h in recomputed]
-    return Verification(base, checks)
+    return base, recomputed
+
+
+def _explain(
+    checks: list[EpochCheck], locations: Mapping[str, Location], database: ScratchDatabase, max_rows: int
+) -> list[Explanation]:
+    """An explanation of each differing peer, at the first checked epoch it differs in."""
+    first: dict[str, EpochCheck] = {}
+    for check in checks:
+        for peer in check.disagreeing:
+            first.setdefault(peer, check)
+    explanations = []
+    for peer, check in sorted(first.items()):
+        commit = check.reports[peer]
+        location = locations.get(peer)
+        if location is None:
+            explanations.append(Explanation(
+                peer, check.epoch, commit, check.recomputed, "",
+                problem=f"no database given for {peer}: pass --peer-db {peer}=LOCATION to compare its tables",
+            ))  # fmt: skip
+            continue
+        explanations.append(
+            explain_commit(peer, check.epoch, location, commit, database.location, check.recomputed, max_rows=max_rows)
+        )
+    return explanations
 
 
 async def _install_base(
@@ -122,7 +194,8 @@ async def _install_base(
     topology: Topology,
     board: HashBoard,
     peers: list[str],
-    backend: DoltliteBackend,
+    scratch: Scratch,
+    database: ScratchDatabase,
     since: int,
 ) -> str:
     """Install the newest confirmed snapshot before ``since``, else the genesis; say which."""
@@ -149,14 +222,18 @@ async def _install_base(
         if artifact is None:
             raise VerificationError(f"database {topology.db!r} has no genesis yet; start a peer first")
         description = "the genesis"
+    kind = artifact_kind(artifact)
+    if kind != scratch.kind:
+        raise VerificationError(
+            f"the peers of {topology.db!r} run on {describe_kind(kind)} ({description} was made there), "
+            f"not on {describe_kind(scratch.kind)}: {scratch.mismatch(kind)}"
+        )
+    backend = database.backend
     try:
         await asyncio.to_thread(backend.install_snapshot, artifact)
         head = await asyncio.to_thread(backend.head)
-    except Exception as e:  # any failure here means the artifact is not a doltlite database
-        raise VerificationError(
-            f"could not install {description} into a doltlite scratch file ({e}); "
-            "verify supports doltlite deployments only"
-        ) from None
+    except BackendError as e:
+        raise VerificationError(f"could not install {description} into the {database.description}: {e}") from None
     if chosen is not None and head != chosen.commit_hash:
         raise VerificationError(f"{description} has HEAD {head}, not the {chosen.commit_hash} it claims")
     return description

@@ -52,6 +52,15 @@ def add_nats_options(parser: argparse.ArgumentParser, *, connect_wait_s: float =
     parser.add_argument("--replicas", type=int, default=1, help="stream replicas (3 on a JetStream cluster)")
 
 
+def add_dolt_options(parser: argparse.ArgumentParser, *, backend_help: str | None, purpose: str) -> None:
+    """``--backend`` and the ``--dolt-*`` options of a dolt sql-server (``serve``, ``verify``)."""
+    parser.add_argument("--backend", choices=["doltlite", "dolt-server"], default="doltlite", help=backend_help)
+    parser.add_argument("--dolt-host", default="127.0.0.1", help=f"dolt sql-server host ({purpose})")
+    parser.add_argument("--dolt-port", type=int, default=3306, help=f"dolt sql-server port ({purpose})")
+    parser.add_argument("--dolt-user", default="root", help=f"dolt sql-server user ({purpose})")
+    parser.add_argument("--dolt-password", default="", help="its password (better given as OPLOG_DOLT_PASSWORD)")
+
+
 def nats_options(args: argparse.Namespace) -> NatsOptions:
     """The NATS connection options of a command's flags (see :func:`add_nats_options`)."""
     fields = {"url": args.nats, "user": args.user, "password": args.password, "token": args.token,

@@ -1,15 +1,16 @@
-"""``oplog status`` and ``oplog verify``: are the peers healthy, and are they right?"""
+"""``oplog status`` and ``oplog verify``: are the peers healthy, and are they right?
+
+``verify`` lives in :mod:`peer.commands.verify`; it is registered here, after ``status``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
 import time
-from pathlib import Path
 
 import orjson
 
+from peer.commands import verify
 from peer.commands.common import add_nats_options, jetstream, topology
 from peer.status import Status, gather
 
@@ -25,13 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--watch", type=float, metavar="S", help="redraw every S seconds until interrupted")
     p.set_defaults(handler=cmd_status)
 
-    p = sub.add_parser("verify", help="recompute epochs from the stream in a scratch database and compare hashes")
-    add_nats_options(p)
-    p.add_argument("--epoch", type=int, help="last epoch to verify (default: the newest any peer reported)")
-    p.add_argument("--from-epoch", type=int, help="first epoch to verify (default: --epoch alone)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the recomputation")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(handler=cmd_verify)
+    verify.register(sub)  # its own module; listed here, after status, as always
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
@@ -81,29 +76,3 @@ def render(status: Status) -> str:
     lines.append("")
     lines.append(f"{status.verdict.word.upper()}" + (": " + "; ".join(status.reasons) if status.reasons else ""))
     return "\n".join(lines)
-
-
-async def cmd_verify(args: argparse.Namespace) -> int:
-    from materializer.agreement.verify import verify
-
-    t = topology(args)
-    async with jetstream(args, "oplog-verify") as (_, js):
-        with tempfile.TemporaryDirectory(prefix="oplog-verify-") as workdir:
-            result = await verify(
-                js, t, Path(workdir), through=args.epoch, since=args.from_epoch, timeout_s=args.timeout
-            )
-    if args.json:
-        checks = [{"epoch": c.epoch, "recomputed": c.recomputed, "reports": c.reports, "disagreeing": c.disagreeing}
-                  for c in result.checks]  # fmt: skip
-        print(orjson.dumps({"base": result.base, "checks": checks, "ok": result.ok}).decode())
-    else:
-        print(f"recomputed from {result.base}")
-        peers = sorted({p for c in result.checks for p in c.reports})
-        print("epoch".rjust(12), "recomputed".ljust(12), *(p.ljust(12) for p in peers), "verdict")
-        for c in result.checks:
-            cells = [c.reports.get(p, "-")[:10].ljust(12) for p in peers]
-            verdict = "ok" if not c.disagreeing else "DIFFERS: " + ", ".join(c.disagreeing)
-            print(str(c.epoch).rjust(12), c.recomputed[:10].ljust(12), *cells, verdict)
-        print("every report matches the recomputation" if result.ok else
-              f"DIVERGENCE: {', '.join(result.disagreeing_peers)} differ from the recomputation")  # fmt: skip
-    return 0 if result.ok else 1

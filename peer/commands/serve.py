@@ -9,7 +9,7 @@ import signal
 from pathlib import Path
 
 from materializer.bootstrap.snapshots import SnapshotPolicy
-from peer.commands.common import SERVE_CONNECT_WAIT_S, add_nats_options, nats_options
+from peer.commands.common import SERVE_CONNECT_WAIT_S, add_dolt_options, add_nats_options, nats_options
 from peer.service import PeerConfig, run_peer
 
 log = logging.getLogger("oplog.serve")
@@ -20,11 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_nats_options(p, connect_wait_s=SERVE_CONNECT_WAIT_S)
     p.add_argument("--name", required=True, help="this peer's name (unique among peers)")
     p.add_argument("--data-dir", type=Path, required=True)
-    p.add_argument("--backend", choices=["doltlite", "dolt-server"], default="doltlite")
-    p.add_argument("--dolt-host", default="127.0.0.1", help="dolt sql-server host (backend dolt-server)")
-    p.add_argument("--dolt-port", type=int, default=3306, help="dolt sql-server port (backend dolt-server)")
-    p.add_argument("--dolt-user", default="root", help="dolt sql-server user (backend dolt-server)")
-    p.add_argument("--dolt-password", default="", help="its password (better given as OPLOG_DOLT_PASSWORD)")
+    add_dolt_options(p, backend_help=None, purpose="backend dolt-server")
     p.add_argument("--no-seal", action="store_true", help="do not propose seals (another peer does)")
     p.add_argument(
         "--snapshot-every", type=int, metavar="N", help="offer a snapshot of every N-th epoch to joining peers"
