@@ -8,6 +8,12 @@ peer one total order (contract item 1). Subjects::
     oplog.<db>.config        the database's config and later changes
     oplog.<db>.schema        table declarations
 
+The change feed (``oplog serve --publish-changes``, peer/change_publisher.py) is kept
+apart, in stream ``OPLOG-CHANGES_<db>`` on ``oplog-changes.<db>.<table>``: JetStream
+refuses two streams whose subjects overlap, so its subjects cannot be under
+``oplog.<db>.>``, and its retention is its consumers' business, not the ops'. The ``-``
+keeps the name apart from every ``OPLOG_<db>``: a database may be called ``CHANGES_x``.
+
 Limits are stream settings: the duplicate window must exceed epoch + grace + the
 longest producer retry, or a late retry could be stored twice (the materializer's
 op-id dedup still catches it, but only across its own horizon).
@@ -100,6 +106,26 @@ class Topology(BaseModel):
         if subject == head:
             return ""  # an ops subject naming no table: no op can match it
         return subject[len(head) + 1 :] if subject.startswith(head + ".") else None
+
+    # The change feed's stream (see the module docstring).
+    @property
+    def changes_stream(self) -> str:
+        return "OPLOG-CHANGES_" + self.stream[6:]
+
+    @property
+    def changes_prefix(self) -> str:
+        return f"oplog-changes.{self.db}"
+
+    @property
+    def changes_subjects(self) -> str:
+        return f"{self.changes_prefix}.>"
+
+    def changes_subject(self, table: str) -> str:
+        return f"{self.changes_prefix}.{table}"
+
+    def changes_msg_id(self, table: str, epoch: int, part: int) -> str:
+        """One id per change-set message, the same on every peer (table names hold no ``-``)."""
+        return f"changes-{self.db}-{table}-{epoch}-{part}"
 
     # Buckets beside the stream: peers' (epoch, hash) reports and the shared genesis.
     @property

@@ -1,13 +1,15 @@
 """oplog's roles as NATS users with subject permissions; ``oplog auth config`` writes them.
 
-Four roles (docs/security.md has the table and the reasons):
+Five roles (docs/security.md has the table and the reasons):
 
 * ``producer`` publishes ops (``oplog.<db>.ops.<table>``: every table, or the named ones)
   and reads the stream (``oplog publish`` reads the config to name each op's epoch);
 * ``peer`` (one user per peer name) publishes seals, reads the stream, writes only its own
-  keys of the hash board, and uses the genesis and snapshot buckets;
+  keys of the hash board, uses the genesis and snapshot buckets, and publishes the change
+  feed (``serve --publish-changes``);
 * ``admin`` publishes config and schema and may use the whole JetStream API;
-* ``reader`` only reads the hash board (``oplog status``), nothing of the stream.
+* ``reader`` only reads the hash board (``oplog status``), nothing of the stream;
+* ``consumer`` only reads the change feed's stream (and acknowledges what it read).
 
 What is not allowed is denied: each user gets allow lists only. The server config is an
 ``authorization { users = [...] }`` block of NKEY users (default) or password users;
@@ -44,6 +46,7 @@ class Role(StrEnum):
     PEER = "peer"
     ADMIN = "admin"
     READER = "reader"
+    CONSUMER = "consumer"
 
 
 class Permissions(BaseModel):
@@ -109,7 +112,8 @@ def producer_permissions(topologies: list[Topology], tables: list[str] | None = 
 
 
 def peer_permissions(topologies: list[Topology], peer: str) -> Permissions:
-    """Seal, read the stream, report its own hashes, share genesis and snapshots.
+    """Seal, read the stream, report its own hashes, share genesis and snapshots, publish
+    the change feed.
 
     A peer may create the stream (a peer started before ``oplog init`` waits for the
     config instead of failing) and the buckets it opens lazily, and purge the stream
@@ -131,6 +135,13 @@ def peer_permissions(topologies: list[Topology], peer: str) -> Permissions:
             *(f"$KV.{hashes}.{key.format(peer=peer)}" for key in OWN_BOARD_KEYS),
             *_bucket(t.genesis_bucket, kv=True, objects=True),
             *_bucket(t.snapshots_bucket, kv=True, objects=True),
+            # The change feed (peer/change_publisher.py): create its stream if missing, read
+            # its last sequence and last message (where to go on), publish change sets. No
+            # consumers: a publisher never reads the feed through one.
+            t.changes_subject("*"),
+            f"{API}.STREAM.CREATE.{t.changes_stream}",
+            f"{API}.STREAM.INFO.{t.changes_stream}",
+            f"{API}.STREAM.MSG.GET.{t.changes_stream}",
         ]
     return Permissions(publish=_unique(publish))
 
@@ -139,7 +150,7 @@ def admin_permissions(topologies: list[Topology]) -> Permissions:
     """Everything on the databases' subjects and buckets, and the whole JetStream API."""
     publish = [f"{API}.>", "$JS.ACK.>", "$JS.FC.>"]
     for t in topologies:
-        publish += [t.all_subjects]
+        publish += [t.all_subjects, t.changes_subjects]
         for bucket in (t.hashes_bucket, t.genesis_bucket, t.snapshots_bucket):
             publish += [f"$KV.{bucket}.>", f"$O.{bucket}.>"]
     return Permissions(publish=_unique(publish))
@@ -150,6 +161,19 @@ def reader_permissions(topologies: list[Topology]) -> Permissions:
     publish: list[str] = []
     for t in topologies:
         publish += _read(f"KV_{t.hashes_bucket}")
+    return Permissions(publish=_unique(publish))
+
+
+def consumer_permissions(topologies: list[Topology]) -> Permissions:
+    """Read the change feed's stream, with consumers of its own (durable ones included) and
+    acknowledgements; nothing else: no publishes, not the ops stream, not the hash board."""
+    publish: list[str] = [f"{API}.STREAM.NAMES"]  # a client finds a stream by subject (nats-py does)
+    for t in topologies:
+        publish += [
+            *_read(t.changes_stream),
+            f"{API}.CONSUMER.DURABLE.CREATE.{t.changes_stream}.*",  # nats-py's durable consumers
+            f"$JS.ACK.{t.changes_stream}.>",
+        ]
     return Permissions(publish=_unique(publish))
 
 
@@ -236,10 +260,12 @@ class Plan(BaseModel):
     producer_tables: dict[str, list[str]] = {}  # producer -> tables (absent: every table)
     admins: list[str] = []
     readers: list[str] = []
+    consumers: list[str] = []
 
     def members(self) -> list[tuple[str, Role]]:
         found = [(n, Role.PEER) for n in self.peers] + [(n, Role.PRODUCER) for n in self.producers]
         found += [(n, Role.ADMIN) for n in self.admins] + [(n, Role.READER) for n in self.readers]
+        found += [(n, Role.CONSUMER) for n in self.consumers]
         names = [n for n, _ in found]
         if dupes := sorted({n for n in names if names.count(n) > 1}):
             raise OplogError(f"user names must be unique across roles; given twice: {', '.join(dupes)}")
@@ -262,6 +288,8 @@ def build_users(plan: Plan, credentials_dir: Path, method: str = "nkey") -> list
             permissions = producer_permissions(topologies, plan.producer_tables.get(name))
         elif role is Role.ADMIN:
             permissions = admin_permissions(topologies)
+        elif role is Role.CONSUMER:
+            permissions = consumer_permissions(topologies)
         else:
             permissions = reader_permissions(topologies)
         nkey, password, _ = write_credentials(credentials_dir, name, method)
@@ -300,6 +328,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="limit a producer to these tables (repeat per producer; default: every table)")  # fmt: skip
     p.add_argument("--admins", type=_names, default=["admin"], help="admin user names (default: admin)")
     p.add_argument("--readers", type=_names, default=[], help="reader user names (oplog status only)")
+    p.add_argument("--consumers", type=_names, default=[],
+                   help="change-feed consumer user names (read the stream OPLOG-CHANGES_<db> only)")  # fmt: skip
     p.add_argument("--method", choices=["nkey", "password"], default="nkey",
                    help="nkey: users prove a seed file (default); password: plain passwords in the config")  # fmt: skip
     p.add_argument("--credentials-dir", type=Path, required=True,
@@ -317,6 +347,7 @@ def run_auth(args: argparse.Namespace) -> int:
         producer_tables=_tables(args.producer_tables),
         admins=args.admins,
         readers=args.readers,
+        consumers=args.consumers,
     )
     users = build_users(plan, args.credentials_dir, args.method)
     header = (

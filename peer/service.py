@@ -33,6 +33,7 @@ from oplog.nats_errors import CLUSTER_SETTLING, RetryPolicy
 from oplog.stream import ensure_stream, publish_json
 from oplog.topology import StreamLimits, Topology
 from peer import logs, metrics
+from peer.change_publisher import ChangePublisher, feed_source
 from peer.claims import DataDirLock, claim_name
 from peer.control import read_config
 from peer.heartbeat import CatchUp, Pulse, now_ms
@@ -80,6 +81,8 @@ class PeerConfig(BaseModel):
     # The Prometheus endpoint (peer/metrics.py); None: the metrics file only.
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = Field(None, ge=0, le=65535)
+    # Publish each epoch's change sets to the stream OPLOG-CHANGES_<db> (peer/change_publisher.py).
+    publish_changes: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -226,6 +229,8 @@ async def run_peer(
             log.info("metrics at http://%s:%d/metrics", config.metrics_host, port)
 
         catch_up = CatchUp(log)
+        store = backend or make_backend(config)
+        publisher = ChangePublisher(js, topology, feed_source(store), logger=log) if config.publish_changes else None
 
         def write_metrics(materializer: Materializer) -> None:
             catch_up.observe(materializer.lag_messages, materializer.last.epoch if materializer.last else None)
@@ -234,6 +239,8 @@ async def run_peer(
 
         async def on_commit(epoch: int, commit_hash: str) -> None:
             watch.committed(epoch, commit_hash)
+            if publisher is not None:
+                publisher.committed(epoch)
             try:
                 await board.report(config.name, epoch, commit_hash)
             except Exception as e:  # verification must not stop materializing
@@ -250,7 +257,7 @@ async def run_peer(
         materializer = Materializer(
             js,
             topology,
-            backend or make_backend(config),
+            store,
             peer=config.name,
             on_commit=on_commit,
             snapshots=config.snapshots,
@@ -271,6 +278,10 @@ async def run_peer(
         stack.push_async_callback(materializer.close)
         busy.append(materializer)
         await _settled(materializer.start, "start-up", log)
+        if publisher is not None:
+            # Runs beside the commit loop; stopped first on the way out, before NATS closes.
+            publisher.start(materializer.last.epoch if materializer.last else None)
+            stack.push_async_callback(publisher.stop)
         repairer = Repairer(
             materializer.snapshots, board, config.name, repair=config.repair, roster=materializer.roster
         )

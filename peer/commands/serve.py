@@ -45,6 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--metrics-port", type=int, metavar="P", help="serve Prometheus metrics on this port")
     p.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics endpoint")
     p.add_argument(
+        "--publish-changes", action="store_true",
+        help="publish each epoch's changed rows to the stream OPLOG-CHANGES_<db> (docs/reading.md, On NATS)",
+    )  # fmt: skip
+    p.add_argument(
         "--stop-grace", type=float, default=3.0, metavar="S",
         help="after SIGTERM, seconds to finish the current commit before abandoning it (it rolls back)",
     )  # fmt: skip
@@ -75,6 +79,7 @@ async def cmd_serve(args: argparse.Namespace) -> int:
         heartbeat_s=args.heartbeat,
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,
+        publish_changes=args.publish_changes,
         stop_grace_s=args.stop_grace,
         fault_dir=args.fault_dir,
     )
