@@ -33,6 +33,7 @@ MIN_EPOCH_MS, MAX_EPOCH_MS = 10, 86_400_000  # 10 ms to one day
 MAX_GRACE_MS = 3_600_000  # one hour
 MAX_MAX_FUTURE_EPOCHS = 1_000_000
 MAX_DEDUP_EPOCHS = 100_000_000
+MIN_CHECKPOINT_EPOCHS, MAX_CHECKPOINT_EPOCHS = 2, 100_000_000
 MAX_OP_BYTES = 1024 * 1024  # the stream's own message limit
 MAX_ORIGIN_MS = 253_402_300_799_999 // 2  # year ~5000: room for every epoch after it
 # How far past the earliest allowed epoch a change may be scheduled.
@@ -67,6 +68,9 @@ class DatabaseConfig(BaseModel):
     # The commit author is "name <email>": angle brackets or line breaks would break it.
     author_name: str = Field("oplog", min_length=1, max_length=200, pattern=r"^[^<>\x00-\x1f\x7f]+$")
     author_email: str = Field("oplog@localhost", min_length=3, max_length=200, pattern=r"^[^<>\s]+$")
+    # Re-root every peer's history on a checkpoint commit before the commit that closes
+    # each multiple of this many epochs (docs/operations.md, "Bounded storage"); None: never.
+    checkpoint_epochs: int | None = Field(None, ge=MIN_CHECKPOINT_EPOCHS, le=MAX_CHECKPOINT_EPOCHS)
 
 
 class ConfigChange(BaseModel):

@@ -19,6 +19,10 @@ points, in commit order:
 ``commit.before-dolt-commit``
     every row of the epoch is written inside the open transaction; the Dolt commit
     and the transaction's COMMIT have not happened.
+``checkpoint.before-commit``
+    a checkpoint (``Backend.checkpoint``) has copied the whole state into the new
+    history; its commit, and the swap that makes it the database's history, have not
+    happened. The epoch is the one the checkpoint comes before.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-POINTS = ("commit.before-write", "commit.before-dolt-commit")
+POINTS = ("commit.before-write", "commit.before-dolt-commit", "checkpoint.before-commit")
 HOLD_LIMIT_S = 120.0  # a forgotten hold never wedges a peer for good
 POLL_S = 0.01
 

@@ -62,3 +62,23 @@ def commit_meta(
         f"digest: {digest}\n"
     )
     return CommitMeta(author_name, author_email, format_epoch_ms(end_ms), message)
+
+
+# The first line of a checkpoint commit (materializer.backends.sql.SqlBackend.checkpoint):
+# not an epoch commit, so epoch lists and change feeds pass over it.
+CHECKPOINT_MESSAGE_PREFIX = "checkpoint "
+
+
+def checkpoint_due(every_epochs: int | None, first_epoch: int, epoch: int) -> bool:
+    """Whether the history is re-rooted before the commit of epochs ``first_epoch..epoch``:
+    that commit closes a multiple of ``every_epochs`` (one commit may close several
+    epochs, so testing ``epoch`` alone would skip checkpoints), and epoch 0 never does."""
+    if every_epochs is None or epoch <= 0:
+        return False
+    return epoch // every_epochs * every_epochs >= max(first_epoch, 1)
+
+
+def checkpoint_meta(*, epoch: int, end_ms: int, author_name: str, author_email: str) -> CommitMeta:
+    """The checkpoint commit holding the state after epoch ``epoch``: dated at its end."""
+    message = f"{CHECKPOINT_MESSAGE_PREFIX}{epoch}\n\nstate after epoch: {epoch}\n"
+    return CommitMeta(author_name, author_email, format_epoch_ms(end_ms), message)

@@ -73,6 +73,7 @@ class InitConfig(BaseModel):
     max_op_bytes: int = Field(DEFAULT_MAX_OP_BYTES, gt=0, le=MAX_OP_BYTES)
     author_name: str = Field("oplog", min_length=1, max_length=200, pattern=r"^[^<>\x00-\x1f\x7f]+$")
     author_email: str = Field("oplog@localhost", min_length=3, max_length=200, pattern=r"^[^<>\s]+$")
+    checkpoint_epochs: int | None = Field(None, ge=2, le=100_000_000)
 
 
 class ChangeConfig(BaseModel):

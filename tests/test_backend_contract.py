@@ -15,7 +15,7 @@ import pytest
 
 from materializer.backends.base import Backend
 from materializer.errors import BackendError, OpRejected
-from materializer.metadata import commit_meta, ops_digest
+from materializer.metadata import CommitMeta, checkpoint_meta, commit_meta, ops_digest
 from materializer.plan import EpochPlan, EpochRow, Key, RejectionRow, TableChange, TableWrites
 from materializer.strategy import RowState
 from oplog.codec import canonical_json
@@ -398,3 +398,58 @@ def test_the_stored_format_is_pinned_by_the_table_hashes_of_every_write_kind(
         backend.commit_epoch(p)
     hashes = {t: backend.table_hash(t) for t in (*INTERNAL_TABLES, "users", "items")}
     assert hashes == FORMAT_TABLE_HASHES[backends.kind]
+
+
+def checkpoint_of(epoch: int) -> CommitMeta:
+    return checkpoint_meta(epoch=epoch, end_ms=END_MS + 1000 * (epoch + 1), author_name="oplog",
+                           author_email="oplog@example.invalid")  # fmt: skip
+
+
+def test_a_checkpoint_re_roots_the_history_identically_and_keeps_every_row(
+    peer: Callable[[str], Backend], genesis: bytes, backends: BackendFactory
+) -> None:
+    plans = every_write_kind()
+    early, late, plain = peer("early"), peer("late"), peer("plain")
+    for p in plans[:4]:
+        early.commit_epoch(p)
+        late.commit_epoch(p)
+        plain.commit_epoch(p)
+    keys: list[Key] = [("s", i) for i in range(12)] + [("s", 99)]
+    before = early.read_rows(ITEMS, keys)
+    # Two peers re-root at the same point: the same checkpoint commit, whatever their clocks.
+    first = early.checkpoint(genesis, checkpoint_of(3), before_epoch=4)
+    time.sleep(APART_S)
+    assert late.checkpoint(genesis, checkpoint_of(3), before_epoch=4) == first
+    # The history is now the genesis and the checkpoint; the state and the progress stay.
+    assert early.head() == first and early.epoch_hashes() == []
+    log = backends.query(early, "SELECT message FROM dolt_log")
+    firsts = [m.split("\n", 1)[0] for (m,) in log]
+    assert firsts[:2] == ["checkpoint 3", "genesis"] and len(firsts) == 3  # and the engine's own first commit
+    assert early.read_rows(ITEMS, keys) == before
+    assert early.last_epoch() == plain.last_epoch() and early.tables() == plain.tables()
+    assert early.known_op_ids(["op-i", "op-a2"]) == plain.known_op_ids(["op-i", "op-a2"])
+    # Epochs on top agree between the re-rooted peers, and write what a peer without the checkpoint writes.
+    assert early.commit_epoch(plans[4]) == late.commit_epoch(plans[4])
+    plain.commit_epoch(plans[4])
+    assert early.read_rows(ITEMS, keys) == plain.read_rows(ITEMS, keys)
+    assert [k for k, _ in early.epoch_hashes()] == [4]
+
+
+def test_a_checkpoint_that_fails_leaves_the_history_as_it_was(
+    peer: Callable[[str], Backend], genesis: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = peer("p")
+    hashes = [backend.commit_epoch(p) for p in HISTORY]
+
+    class Died(Exception):
+        pass
+
+    def die(*_: object) -> str:
+        raise Died
+
+    monkeypatch.setattr(backend.dialect, "create_table_sql", die)
+    with pytest.raises(Died):
+        backend.checkpoint(genesis, checkpoint_of(2), before_epoch=3)
+    monkeypatch.undo()
+    assert backend.head() == hashes[-1] and backend.epoch_hashes() == list(enumerate(hashes))
+    assert backend.checkpoint(genesis, checkpoint_of(2), before_epoch=3) != hashes[-1]

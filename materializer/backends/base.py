@@ -33,6 +33,7 @@ from typing import Any
 
 from materializer.errors import BackendError, OpRejected
 from materializer.faults import FaultPoints, NoFaults
+from materializer.metadata import CommitMeta
 from materializer.plan import EpochPlan, EpochRow, Key
 from materializer.strategy import RowState
 from oplog.schema import TableSchema
@@ -159,6 +160,16 @@ class Backend(ABC):
     @abstractmethod
     def commit_epoch(self, plan: EpochPlan) -> str:
         """Write ``plan`` as one Dolt commit and return its hash (see module contract)."""
+
+    @abstractmethod
+    def checkpoint(self, genesis: bytes, meta: CommitMeta, *, before_epoch: int) -> str:
+        """Re-root the history: replace it by the genesis (``genesis``, the artifact every
+        peer installed) and ONE commit, with ``meta``, holding the current state, and
+        return that commit's hash (made before committing ``before_epoch``). The same
+        state, genesis and meta give the same hash on every peer, so epochs committed on
+        top agree too. All or nothing: after a crash
+        the database is the old history or the new one. What came before is gone (time
+        travel, diffs and change feeds reach back to the checkpoint)."""
 
 
 def _key_problem(table: TableSchema, key: Key, limit: int | None, backend: str) -> str | None:

@@ -46,7 +46,7 @@ import pymysql
 from pymysql.connections import Connection
 
 from materializer.backends.dolt_server_sql import DIALECT, map_error, quote, text_key_chars
-from materializer.backends.sql import Row, SqlBackend
+from materializer.backends.sql import FreshRoot, Row, SqlBackend
 from materializer.errors import BackendError, TransientBackendError
 from oplog.schema import TableSchema, format_timestamp
 
@@ -56,6 +56,7 @@ DEFAULT_COMMITTER_DATE = "2000-01-01T00:00:00Z"  # the DOLT_COMMITTER_DATE our l
 GENESIS_TAG = "oplog-genesis"
 PROBE_BRANCH = "oplog-probe"
 PROBE_MESSAGE = "oplog committer-date probe"
+CHECKPOINT_BRANCH = "oplog-checkpoint"
 SNAPSHOT_ROOT = "oplog-dolt-backup"
 CONNECT_TIMEOUT_S = 10
 SESSION_SETUP = (
@@ -177,6 +178,29 @@ class DoltServerBackend(SqlBackend):
     def _exists(self) -> bool:
         rows = self._execute("SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = %s", [self.database])
         return bool(rows[0][0])
+
+    @contextmanager
+    def _fresh_root(self, genesis: bytes) -> Iterator[FreshRoot]:
+        # The genesis commit is in this database's history (the artifact is not needed):
+        # a branch there is filled from the current branch, which is then reset onto it.
+        (current,) = self._execute("SELECT active_branch()")[0]
+        rows = self._execute("SELECT tag_hash FROM dolt_tags WHERE tag_name = %s", [GENESIS_TAG])
+        if not rows:
+            raise BackendError(f"{self._where}: no {GENESIS_TAG} tag; reopen the database to repair it first")
+        self._execute("CALL DOLT_BRANCH('-f', %s, %s)", [CHECKPOINT_BRANCH, rows[0][0]])
+        self._execute(f"USE {quote(self.database + '/' + CHECKPOINT_BRANCH)}")
+        try:
+            yield _BranchRoot(self, quote(f"{self.database}/{current}"))
+        finally:
+            self._execute(f"USE {quote(self.database)}")
+        self._execute("CALL DOLT_RESET('--hard', %s)", [CHECKPOINT_BRANCH])
+        self._execute("CALL DOLT_BRANCH('-D', %s)", [CHECKPOINT_BRANCH])
+        # What the old history held is unreachable now; collect it. GC ends the server's
+        # other sessions' transactions, and may end ours: reconnect for the next call.
+        try:
+            self._execute("CALL DOLT_GC()")
+        finally:
+            self._drop()
 
     # -- lifecycle and repair ----------------------------------------------------------
 
@@ -322,3 +346,16 @@ class DoltServerBackend(SqlBackend):
 
     def text_key_limit(self, table: TableSchema) -> int | None:
         return text_key_chars(table)
+
+
+class _BranchRoot:
+    """Statements on the checkpoint branch; the current state read from its own branch."""
+
+    def __init__(self, backend: DoltServerBackend, current: str) -> None:
+        self._backend, self._current = backend, current
+
+    def run(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._backend._execute(sql.replace("%", "%%").replace("?", "%s"), tuple(params))
+
+    def source(self, table: str) -> str:
+        return f"{self._current}.{quote(table)}"

@@ -19,6 +19,7 @@ against 1.1 MB untagged). An epoch's commit is the one whose message's first lin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import tempfile
@@ -32,7 +33,7 @@ import doltlite  # noqa: F401  (must precede sqlite3)
 import orjson
 
 from materializer.backends.base import MAX_KEY_INTEGER
-from materializer.backends.sql import Dialect, Row, SqlBackend
+from materializer.backends.sql import Dialect, FreshRoot, Row, SqlBackend
 from materializer.errors import BackendError, TransientBackendError
 from materializer.plan import EpochPlan, Key, key_text
 from oplog.schema import Column, ColumnType, TableSchema
@@ -210,6 +211,35 @@ class DoltliteBackend(SqlBackend):
         if self._conn is not None and self._conn.in_transaction:
             self._query("ROLLBACK")
 
+    @contextmanager
+    def _fresh_root(self, genesis: bytes) -> Iterator[FreshRoot]:
+        # Built beside the database from the genesis artifact, the current file attached
+        # to read from; swapped in with one rename, so a crash leaves one or the other.
+        tmp = self.path.with_name(self.path.name + ".checkpoint-tmp")
+        tmp.write_bytes(genesis)
+        with self._mapped():
+            conn = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            root = _AttachedRoot(conn, self)
+            root.run("ATTACH DATABASE ? AS oplog_current", (str(self.path),))
+            root.run("BEGIN")
+            yield root
+            root.run("COMMIT")
+            root.run("DETACH DATABASE oplog_current")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            conn.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        conn.close()
+        was_open = self._conn is not None
+        self.close()
+        os.replace(tmp, self.path)
+        if was_open:
+            self.open()
+
     # -- genesis -------------------------------------------------------------------------
 
     def is_initialized(self) -> bool:
@@ -276,3 +306,17 @@ class DoltliteBackend(SqlBackend):
             if type(part) is not str and not (type(part) is int and -MAX_KEY_INTEGER - 1 <= part <= MAX_KEY_INTEGER):
                 super().check_key(table, key)
                 return
+
+
+class _AttachedRoot:
+    """The new root's connection, with the current database attached as ``oplog_current``."""
+
+    def __init__(self, conn: sqlite3.Connection, backend: DoltliteBackend) -> None:
+        self._conn, self._backend = conn, backend
+
+    def run(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._backend._mapped():
+            return self._conn.execute(sql, params).fetchall()
+
+    def source(self, table: str) -> str:
+        return f"oplog_current.{quote(table)}"

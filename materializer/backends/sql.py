@@ -21,13 +21,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from itertools import chain
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from materializer.backends.base import META_COLUMN, Backend
-from materializer.metadata import EPOCH_MESSAGE_PREFIX
+from materializer.metadata import EPOCH_MESSAGE_PREFIX, CommitMeta
 from materializer.plan import EpochPlan, EpochRow, Key, TableChange, TableWrites
 from materializer.strategy import RowState
 from oplog.codec import canonical_json
@@ -36,6 +37,9 @@ from oplog.schema import Column, ColumnType, TableSchema
 EPOCH_COLUMNS = ("epoch", "first_epoch", "seal_seq", "resume_seq", "end_ms", "applied", "rejected", "duplicates",
                  "late", "digest")  # fmt: skip
 SCHEMA_CACHE = 1024  # parsed table definitions kept per backend
+# The bookkeeping tables a genesis creates (Dialect.internal_ddl), in a fixed order.
+INTERNAL_TABLES = ("oplog_epochs", "oplog_rejections", "oplog_op_ids", "oplog_tables", "oplog_config",
+                   "oplog_tombstones")  # fmt: skip
 
 Row = Sequence[Any]
 
@@ -96,6 +100,16 @@ class Dialect(ABC):
         ]
 
 
+class FreshRoot(Protocol):
+    """A new history on the genesis, being filled from this database's current state."""
+
+    def run(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a statement (``?`` placeholders) on the new root."""
+
+    def source(self, table: str) -> str:
+        """How a statement on the new root names ``table`` of the current state."""
+
+
 class SqlBackend(Backend):
     """A Dolt database reached with SQL; subclasses supply the dialect and the I/O."""
 
@@ -130,6 +144,11 @@ class SqlBackend(Backend):
     @abstractmethod
     def _abandon(self) -> None:
         """Undo a commit that failed part-way; the database stays at its previous commit."""
+
+    @abstractmethod
+    def _fresh_root(self, genesis: bytes) -> AbstractContextManager[FreshRoot]:
+        """A new history holding only the genesis, to fill; it becomes this database's
+        history when the block ends without an error, and is discarded otherwise."""
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -213,6 +232,25 @@ class SqlBackend(Backend):
         return sorted(p for p in pairs if since_epoch is None or p[0] >= since_epoch)
 
     # -- write -----------------------------------------------------------------------------
+
+    def checkpoint(self, genesis: bytes, meta: CommitMeta, *, before_epoch: int) -> str:
+        d = self.dialect
+        tables = self.tables()
+        with self._fresh_root(genesis) as root:
+            # Every peer builds the same tables the same way (one CREATE with the schema's
+            # columns, whatever ALTERs made them), so the commit is the same everywhere.
+            for name in sorted(tables):
+                root.run(d.create_table_sql(tables[name]))
+            for name in INTERNAL_TABLES:
+                root.run(f"INSERT INTO {name} SELECT * FROM {root.source(name)}")
+            for name in sorted(tables):
+                columns = ", ".join(d.quote(c) for c in (*(c.name for c in tables[name].columns), META_COLUMN))
+                root.run(f"INSERT INTO {d.quote(name)} ({columns}) SELECT {columns} FROM {root.source(name)}")
+            self.faults.reach("checkpoint.before-commit", before_epoch)
+            ((commit_hash, *_),) = root.run(
+                f"{d.call} dolt_commit('-A', '--author', ?, '--date', ?, '-m', ?)", (meta.author, meta.date, meta.message)
+            )
+        return str(commit_hash)
 
     def commit_epoch(self, plan: EpochPlan) -> str:
         self.refuse_unstorable_keys(plan)

@@ -24,7 +24,8 @@ from epoch.config import Timeline, seal_ceiling
 from materializer.backends.base import Backend
 from materializer.errors import GenesisError, RetentionGap
 from materializer.faults import FaultPoints
-from materializer.bootstrap.genesis import ensure_genesis
+from materializer.bootstrap.genesis import ensure_genesis, fetch_genesis
+from materializer.metadata import checkpoint_due, checkpoint_meta
 from materializer.plan import plan_epoch
 from materializer.prepare import prepare_op
 from materializer.commit.readahead import ReadAhead
@@ -101,6 +102,7 @@ class Materializer:
         self._reader: StreamReader | None = None
         self._tables: dict[str, TableSchema] = {}  # as of the last commit: what ops are prepared against
         self._read_ahead = ReadAhead(backend)
+        self._genesis: bytes | None = None  # fetched when the first checkpoint is due
         if faults is not None:
             backend.faults = faults
         self._choose_snapshot = choose_snapshot or self.snapshots.latest
@@ -237,6 +239,8 @@ class Materializer:
 
     async def _commit_in_context(self, sealed: SealedEpoch) -> Committed:
         started = time.perf_counter()
+        if checkpoint_due(sealed.config.checkpoint_epochs, sealed.first_epoch, sealed.epoch):
+            await self._checkpoint(sealed)
         commit_hash, plan = await asyncio.to_thread(self._plan_and_commit, sealed)
         seconds = time.perf_counter() - started
         committed = Committed(sealed.epoch, commit_hash, plan.epoch.applied, plan.epoch.rejected)
@@ -269,6 +273,21 @@ class Materializer:
         if policy is not None and policy.due(sealed.first_epoch, sealed.epoch):
             await self._offer_snapshot(sealed, commit_hash, policy)
         return committed
+
+    async def _checkpoint(self, sealed: SealedEpoch) -> None:
+        """Re-root the history on the state before ``sealed`` (Backend.checkpoint): every
+        peer does it before the same commit, so the commit on top agrees too."""
+        last = await asyncio.to_thread(self.backend.last_epoch)
+        if last is None:
+            return  # nothing but the genesis yet
+        if self._genesis is None:
+            self._genesis = await fetch_genesis(self._js, self.topology)
+            if self._genesis is None:
+                raise GenesisError(f"no genesis of {self.topology.db!r} is published; a checkpoint needs it")
+        meta = checkpoint_meta(epoch=last.epoch, end_ms=last.end_ms, author_name=sealed.config.author_name,
+                               author_email=sealed.config.author_email)  # fmt: skip
+        commit_hash = await asyncio.to_thread(self.backend.checkpoint, self._genesis, meta, before_epoch=sealed.epoch)
+        self._log.info("checkpoint: history re-rooted on the state after epoch %d (%s)", last.epoch, commit_hash)
 
     async def _offer_snapshot(self, sealed: SealedEpoch, commit_hash: str, policy: SnapshotPolicy) -> None:
         info = SnapshotInfo(

@@ -37,6 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("--author-name", default="oplog")
     p.add_argument("--author-email", default="oplog@localhost")
+    p.add_argument(
+        "--checkpoint-epochs", type=int, metavar="N",
+        help="bound storage: re-root every peer's history on a checkpoint every N epochs (history before it is dropped)",
+    )  # fmt: skip
     p.set_defaults(handler=cmd_init)
 
     p = sub.add_parser("config", help="change a running database's epoch length and grace")
@@ -68,6 +72,7 @@ async def cmd_init(args: argparse.Namespace) -> int:
             max_future_epochs=args.max_future_epochs,
             author_name=args.author_name,
             author_email=args.author_email,
+            checkpoint_epochs=args.checkpoint_epochs,
         )
     except ValidationError as e:
         raise OplogError(f"config: {_problems(e)}") from None
