@@ -13,19 +13,27 @@ measurement, each can be picked with ``--only``:
                  (ops over several epochs, seals included) vs a raw insert of the same
                  final rows + one Dolt commit; on doltlite, and on Dolt sql-server
                  (``materialize_dolt_server``).
+``contention``   the same on a hot-key workload (100k ops on 1,000 keys, four tables, one
+                 per strategy) vs a raw insert of its final rows and a reference fold,
+                 whose tables the peer's must hash-equal.
 ``latency``      seal-to-identical-commit latency on 3 in-process peers: from the
                  seal's publish ack until all 3 committed that epoch with one hash.
+``deployed``     the same on 3 ``oplog serve`` processes (only with ``--only``).
 ``cherry``       the DoltSwarm baseline: M one-row commits on M branches replayed by
                  HLC-ordered ``dolt_cherry_pick`` + ``dolt_commit('--amend')`` vs ONE
                  epoch commit (``plan_epoch`` + ``commit_epoch``) of the same M ops.
 ``growth``       one changed row committed as an epoch into tables of growing size.
 ``rss``          peak RSS (VmHWM) of a peer subprocess materializing 100k-op epochs.
+``soak``         thousands of small epochs into one doltlite file, reported per block:
+                 commit time, file size, RSS, reading the epoch list (only with ``--only``).
+``storage``      history bytes per epoch by table, by ablation (only with ``--only``).
 ``profile``      pyinstrument profiles of the publish and materialize paths (HTML +
                  text under the results directory) and their top frames by share.
 
 The rest: ``options`` (flags and sizes), ``cli`` (the run), ``report`` (table, targets,
 JSON), ``streams`` (filling a stream), ``raw_insert`` (the materialize baselines),
-``timed_materializer`` and ``direct_epochs`` (shared by several measurements), ``stats``.
+``timed_materializer`` and ``direct_epochs`` (shared by several measurements), ``stats``,
+``contention_ops`` (the hot-key workload and its reference fold).
 
 Not a test: nothing here asserts timing. ``python -m devtools.bench --quick`` runs it
 without the CLI.

@@ -112,13 +112,96 @@ def _rss_rows(rs: dict[str, Any]) -> list[Row]:
                 "<=300 MB" if at_100k else "", (rs["peak_rss_mb"] <= 300) if at_100k else None)]  # fmt: skip
 
 
+def _contention_rows(c: dict[str, Any]) -> list[Row]:
+    return [
+        Row(f"materialize hot keys: {c['ops']:,} ops on {c['keys']:,} keys, 4 strategies / {c['epochs']} epochs",
+            fmt_rate(c["ops_per_s"]), f"raw executemany+commit of the {c['final_rows']:,} final rows "
+            f"{c['raw_insert_s'] * 1000:,.1f} ms", _slower(c["ratio_raw_over_materialize"])),
+        Row("  reference fold alone (Strategy.apply in HLC order, no Dolt)", fmt_rate(c["fold_ops_per_s"]),
+            "tables hash-equal to it: " + ("yes" if c["matches_reference"] else "NO"),
+            _slower(c["ratio_fold_over_materialize"])),
+        Row("  fold per op: " + " / ".join(STRATEGY_OF.get(t, t) for t in c["fold_apply_s_by_table"]),
+            " / ".join(f"{s / max(1, c['ops_by_table'][t]) * 1e6:,.0f}" for t, s in c["fold_apply_s_by_table"].items())
+            + " us"),
+        _split_row(c, ""),
+    ]  # fmt: skip
+
+
+STRATEGY_OF = {"hot_lww": "lww", "hot_fields": "field-lww", "hot_counters": "counter", "hot_docs": "crdt"}
+
+
+def _slower(ratio: float) -> str:
+    """``ratio`` (this time over its baseline's) as "N x slower" or "N x faster"."""
+    digits = 0 if max(ratio, 1 / ratio) >= 100 else 2  # 1,084x; 1.39x
+    return f"{ratio:,.{digits}f}x slower" if ratio >= 1 else f"{1 / ratio:,.{digits}f}x faster"
+
+
+def _soak_rows(k: dict[str, Any]) -> list[Row]:
+    first, last = k["blocks"][0], k["blocks"][-1]
+    span = f"epochs {last['last_epoch'] - last['epochs']:,}-{last['last_epoch'] - 1:,}"
+    mb = 2**20
+    return [
+        Row(f"soak: commit of {k['ops_per_epoch']} upserts, table of {k['rows']:,} rows, {span}",
+            f"p50 {last['commit_ms_median']:.1f} ms, p99 {last['commit_ms_p99']:.1f} ms",
+            f"first {first['epochs']:,} epochs: p50 {first['commit_ms_median']:.1f} ms, "
+            f"p99 {first['commit_ms_p99']:.1f} ms",
+            f"{k['commit_p50_ratio_last_over_first']:.2f}x p50"),
+        Row(f"soak: file growth per epoch, {span}", f"{last['bytes_per_epoch'] / 1024:,.1f} KB",
+            f"first {first['epochs']:,} epochs: {first['bytes_per_epoch'] / 1024:,.1f} KB",
+            f"{k['bytes_per_epoch_ratio_last_over_first']:.2f}x"),
+        Row(f"soak: file after {k['epochs']:,} epochs", f"{k['before_gc_bytes'] / mb:,.1f} MB",
+            f"after the fill {k['after_fill_bytes'] / mb:,.1f} MB; "
+            f"after dolt_gc {k['after_gc_bytes'] / mb:,.1f} MB"),
+        Row(f"soak: read the epoch list (epoch_hashes), {last['epoch_list_len']:,} epochs",
+            f"{last['epoch_list_ms']:,.1f} ms",
+            f"at {first['epoch_list_len']:,} epochs {first['epoch_list_ms']:,.1f} ms",
+            f"{k['epoch_list_ratio_last_over_first']:.1f}x"),
+        Row(f"soak: committing process RSS after {k['epochs']:,} epochs", f"{last['rss_mb']:.0f} MB",
+            f"after {first['epochs']:,} epochs {first['rss_mb']:.0f} MB", f"{last['rss_mb'] / first['rss_mb']:.2f}x"),
+    ]  # fmt: skip
+
+
+def _storage_rows(st: dict[str, Any]) -> list[Row]:
+    full = st["full_bytes_per_epoch"]
+    rows = [Row(f"history bytes/epoch: {st['upserts_per_epoch']} upserts + 1 delete + 1 rejected op, "
+                f"{st['rows']:,} rows", f"{full / 1024:,.1f} KB",
+                f"logical bytes written {st['logical_bytes_per_epoch']:,.0f} B",
+                f"{st['write_amplification']:,.0f}x")]  # fmt: skip
+    for part, p in st["parts"].items():
+        logical = p["logical_bytes_per_epoch"]
+        rows.append(Row(f"  {part}", f"{p['bytes_per_epoch'] / 1024:,.1f} KB ({p['bytes_per_epoch'] / full:.0%})",
+                        "" if logical is None else f"logical {logical:,.0f} B",
+                        "" if not logical else f"{p['bytes_per_epoch'] / logical:,.0f}x"))  # fmt: skip
+    loc = st.get("by_locality")
+    if loc:
+        rows.append(Row("  whole epoch of upserts only: " + " / ".join(f"{r['upserts']} {k}" for k, r in loc.items()),
+                        " / ".join(f"{r['bytes_per_epoch'] / 1024:,.1f}" for r in loc.values()) + " KB",
+                        "chunks " + " / ".join(f"{r['chunks_per_epoch']:.1f}" for r in loc.values())))  # fmt: skip
+    return rows
+
+
+def _deployed_rows(dep: dict[str, Any]) -> list[Row]:
+    rows = []
+    for size, r in dep.items():
+        target, ok = ("p99 <=250 ms", r["p99_ms"] <= 250) if size == "10000" else ("", None)
+        what = f"seal->identical commit, 3 oplog serve processes, {int(size):,} ops/epoch ({r['epochs']} epochs)"
+        rows.append(Row(what,
+                        f"p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms",
+                        f"publish of the epoch's ops p50 {r['publish_p50_ms']:.0f} ms", "", target, ok))  # fmt: skip
+    return rows
+
+
 ROWS_OF = {
     "publish": _publish_rows,
     "materialize": _materialize_rows,
+    "contention": _contention_rows,
     "latency": _latency_rows,
+    "deployed": _deployed_rows,
     "cherry": _cherry_rows,
     "growth": _growth_rows,
     "rss": _rss_rows,
+    "soak": _soak_rows,
+    "storage": _storage_rows,
 }
 
 
@@ -208,3 +291,11 @@ def print_profiles(results: dict[str, Any]) -> None:
                 print(f"  {f['share'] * 100:5.1f}% self   {f['frame']}")
             for f in prof[name]["total_own_code"][:6]:
                 print(f"  {f['share'] * 100:5.1f}% total  {f['frame']}")
+
+
+def print_blocks(results: dict[str, Any]) -> None:
+    """The per-block tables of the soak and storage runs, after the main table."""
+    for name in ("soak", "storage"):
+        r = results.get(name)
+        if r and "table" in r:
+            print(f"\n{name}:\n{r['table']}")
