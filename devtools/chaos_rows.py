@@ -208,3 +208,14 @@ def format_table(rows: Sequence[ResultRow]) -> str:
     ]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+@dataclass
+class Outcome:
+    """What a scenario hands back to the runner to build its row from."""
+
+    acked: dict[str, tuple[Any, ...]]
+    ledgers: list[PeerLedger]
+    expect: Expectation = Expectation()
+    facts: dict[str, Any] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
