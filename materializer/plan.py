@@ -5,7 +5,8 @@ and a :class:`Reader` for the stored state it needs (read in two bulk calls), an
 returns an :class:`EpochPlan` that a backend writes as ONE Dolt commit. In order:
 
 1. config and schema messages attached to the commit take effect (schema changes
-   apply at the epoch boundary, before the epoch's ops);
+   apply at the epoch boundary, before the epoch's ops: :mod:`materializer.schema_change`,
+   which also says which stored rows they rewrite);
 2. duplicate op ids are dropped: the first copy in stream order wins; a later copy
    with different content is recorded as a conflict, an identical one only counted;
    ids already applied within the dedup horizon count as duplicates too;
@@ -25,38 +26,29 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, Protocol
 
-from pydantic import ValidationError
-
 from epoch.assign import Accepted, SealedEpoch, recordable
 from materializer.errors import MaterializerError, OpRejected, StrategyError
 from materializer.metadata import CommitMeta, commit_meta, ops_digest
 from materializer.prepare import UNEXPECTED, Freshness, Key, KeyChecker, check_key_shape, key_fits, refusal
+from materializer.schema_change import ChangeReport, Migrations, RowReader, TableChange
 from materializer.strategy import ABSENT, OpLike, RowState, get_strategy
 from oplog.codec import canonical_json, record_of
 from oplog.errors import SchemaError
 from oplog.op import OpRecord
-from oplog.schema import MAX_TABLES, SchemaMessage, TableSchema, evolve
+from oplog.schema import TableSchema
+
+__all__ = ["EpochPlan", "EpochRow", "Key", "Reader", "RejectionRow", "TableChange", "TableWrites", "plan_epoch"]
 
 MAX_RECORDED_PAYLOAD = 65_536
 
 
-class Reader(KeyChecker, Protocol):
-    """Bulk reads of stored state that planning needs, and the backend's key limits."""
-
-    def read_rows(self, table: TableSchema, keys: list[Key]) -> dict[Key, RowState]:
-        """Stored state of ``keys`` (rows or tombstones); absent keys are left out."""
+class Reader(RowReader, KeyChecker, Protocol):
+    """Bulk reads of stored state that planning needs, and the backend's key limits
+    (``scan_rows`` only for a schema change that rewrites a table)."""
 
     def known_op_ids(self, ids: list[str]) -> dict[str, str]:
         """``id -> digest`` for those of ``ids`` applied within the dedup horizon."""
 
-
-
-@dataclass(frozen=True)
-class TableChange:
-    """DDL for one table: created (``before is None``) or columns added."""
-
-    before: TableSchema | None
-    after: TableSchema
 
 
 @dataclass
@@ -114,41 +106,15 @@ def _payload(op: OpLike) -> str:
     return canonical_json(op.to_wire())[:MAX_RECORDED_PAYLOAD]
 
 
-def apply_schema(tables: Mapping[str, TableSchema], body: Any) -> tuple[dict[str, TableSchema], list[TableChange]]:
-    """Tables after one schema message; raises SchemaError/StrategyError if refused.
+def plan_epoch(
+    sealed: SealedEpoch, tables: Mapping[str, TableSchema], reader: Reader, *, report: list[ChangeReport] | None = None
+) -> EpochPlan:
+    """Everything epoch ``sealed.epoch`` writes; see the module docstring for the order.
 
-    A message is all-or-nothing: if any table in it is refused, none changes.
-    """
-    try:
-        message = SchemaMessage.model_validate(body)
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise SchemaError(f"invalid schema message at {where or 'top'}: {first['msg']}") from None
-    result = dict(tables)
-    changes: list[TableChange] = []
-    for proposed in message.tables:
-        get_strategy(proposed.strategy)
-        current = result.get(proposed.name)
-        if current is None:
-            # Both engines compare table names without regard to case (SQLite always,
-            # MySQL/Dolt on common file systems): "Users" beside "users" would fail in DDL.
-            taken = next((name for name in result if name.lower() == proposed.name.lower()), None)
-            if taken is not None:
-                raise SchemaError(f"table {proposed.name!r} differs from the existing table {taken!r} only in case")
-            if len(result) >= MAX_TABLES:
-                raise SchemaError(f"table {proposed.name!r}: a database holds at most {MAX_TABLES} tables")
-        after = evolve(current, proposed)
-        if after != current:
-            changes.append(TableChange(current, after))
-            result[proposed.name] = after
-    return result, changes
-
-
-def plan_epoch(sealed: SealedEpoch, tables: Mapping[str, TableSchema], reader: Reader) -> EpochPlan:
-    """Everything epoch ``sealed.epoch`` writes; see the module docstring for the order."""
+    ``report``, if given, receives what each schema change does to the stored rows."""
     rejections = [RejectionRow(r.seq, r.index, r.op_id, r.reason, r.detail, r.payload) for r in sealed.rejected]
-    current, changes, config_rows = _apply_controls(sealed, tables, rejections)
+    migrations = Migrations(tables, reader, report)
+    current, changes, config_rows = _apply_controls(sealed, tables, migrations, rejections)
 
     # Dedup: first copy in stream order wins; the digest says whether a later copy is
     # the same op (a retry) or another op reusing the id.
@@ -175,14 +141,15 @@ def plan_epoch(sealed: SealedEpoch, tables: Mapping[str, TableSchema], reader: R
     not_applied: set[str] = set()
     freshness = Freshness()
     rows = _rows_by_table(survivors, current, reader, rejections, not_applied, freshness)
-    created = {change.after.name for change in changes if change.before is None}
     writes: list[TableWrites] = []
-    for name in sorted(rows):
-        table, by_key = rows[name]
-        # A table created by this very commit has nothing stored yet.
+    for name in sorted(rows.keys() | migrations.rewritten(current)):
+        table, by_key = rows.get(name) or (current[name], {})
+        # Stored rows in the shape this epoch's schema messages left (none for a table
+        # they created); the rows a change rewrites come after the ops' own writes.
         keys = sorted(by_key)
-        stored = {} if name in created else reader.read_rows(table, keys)
+        stored = migrations.stored_rows(table, keys) if keys else {}
         out = _fold_table(table, keys, by_key, stored, rejections, not_applied, freshness)
+        migrations.rewrite(out.upserts, out.deletes, table)
         if out.upserts or out.deletes or out.cleared_tombstones:
             writes.append(out)
 
@@ -230,7 +197,7 @@ _stream_position = itemgetter(0, 1)
 
 
 def _apply_controls(
-    sealed: SealedEpoch, tables: Mapping[str, TableSchema], rejections: list[RejectionRow]
+    sealed: SealedEpoch, tables: Mapping[str, TableSchema], migrations: Migrations, rejections: list[RejectionRow]
 ) -> tuple[dict[str, TableSchema], list[TableChange], list[tuple[int, str]]]:
     """Config and schema messages attached to the commit, which take effect first."""
     current = dict(tables)
@@ -241,7 +208,7 @@ def _apply_controls(
             config_rows.append((control.seq, canonical_json(control.body)))
             continue
         try:
-            current, made = apply_schema(current, control.body)
+            current, made = migrations.apply(current, control.body)
         except (SchemaError, StrategyError) as e:
             # An unknown strategy name is the message's fault (a peer missing an installed
             # plugin would show as a divergence, loudly).

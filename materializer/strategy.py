@@ -24,7 +24,7 @@ from typing import Any, ClassVar, NamedTuple
 from materializer.errors import OpRejected, StrategyError
 from oplog.errors import SchemaError
 from oplog.op import Op, OpKind, OpRecord
-from oplog.schema import MAX_INTEGER, Column, ColumnType, TableSchema, normalize_value
+from oplog.schema import MAX_INTEGER, Column, ColumnChange, ColumnType, TableSchema, normalize_value
 
 ENTRY_POINT_GROUP = "oplog.strategies"
 
@@ -83,6 +83,28 @@ class Strategy(ABC):
         """:meth:`apply`, given ``prepared = self.prepare(table, op)``; must return
         (or raise) exactly what ``apply(table, state, op)`` does."""
         return self.apply(table, state, op)
+
+    # Whether migrate_meta can change a row's meta when a column is dropped or renamed:
+    # then such a change reads and rewrites every row of the table (materializer.schema_change).
+    meta_names_columns: ClassVar[bool] = False
+
+    def check_change(self, table: TableSchema, change: ColumnChange) -> None:
+        """Raise :class:`~oplog.errors.SchemaError` (saying why) if rows of ``table`` kept
+        by this strategy cannot follow ``change`` (a column dropped, renamed or retyped).
+
+        Called before the change applies, with the table as it is then. Pure. The default
+        allows every change the schema does.
+        """
+        return None
+
+    def migrate_meta(self, change: ColumnChange, meta: dict[str, Any]) -> dict[str, Any]:
+        """A row's (or a tombstone's) meta after ``change``; must not mutate ``meta``.
+
+        Pure and canonical, like :meth:`apply`. The default keeps the meta, which is right
+        for meta that names no column; a strategy whose meta does sets
+        :attr:`meta_names_columns` and overrides this.
+        """
+        return meta
 
     def check_kind(self, op: OpLike) -> None:
         if op.kind not in self.kinds:

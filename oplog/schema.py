@@ -7,7 +7,12 @@ same bytes whatever the producer sent (``1`` vs ``1.0`` for a float, key order i
 JSON value, ``"2026-01-01T00:00:00Z"`` vs epoch milliseconds for a timestamp).
 
 Evolution rule (checked by :func:`evolve`): a table may be added, and a nullable
-column may be added to an existing table. Anything else is a :class:`SchemaError`.
+column may be added to an existing table, by declaring it again. Anything else a
+declaration would change is a :class:`SchemaError`. Removing, renaming and retyping are
+said explicitly, as :data:`SchemaChange` items in a message's ``changes`` (a rename
+cannot be told from a drop and an add); :mod:`materializer.schema_change` applies them
+and :mod:`oplog.convert` holds the conversion rules of a retype. docs/schema.md has the
+format.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Context, Decimal
 from enum import StrEnum
 from functools import cached_property
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -34,6 +39,7 @@ MAX_INTEGER = 2**63 - 1
 # 129 bytes and a text key 4 bytes per character: 250 columns stay inside it.
 MAX_COLUMNS = 250
 MAX_TABLES_PER_MESSAGE = 100
+MAX_CHANGES_PER_MESSAGE = 100
 MAX_TABLES = 1000
 # Decimals are kept as exact fixed-point text; MySQL's DECIMAL(65, 30) bounds them, so
 # a 10-byte "1e1000000" cannot become a megabyte of zeros, and nothing is rounded.
@@ -66,12 +72,17 @@ class Column(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not TABLE_NAME.match(value) or value.startswith(RESERVED_COLUMN_PREFIX):
-            raise ValueError(
-                f"column name {value!r} must start with a letter, hold only letters, digits "
-                f"and underscores, and not start with {RESERVED_COLUMN_PREFIX!r}"
-            )
-        return value
+        return check_column_name(value)
+
+
+def check_column_name(value: str) -> str:
+    """``value`` if it may name a column (both engines take it); ValueError otherwise."""
+    if not TABLE_NAME.match(value) or value.startswith(RESERVED_COLUMN_PREFIX):
+        raise ValueError(
+            f"column name {value!r} must start with a letter, hold only letters, digits "
+            f"and underscores, and not start with {RESERVED_COLUMN_PREFIX!r}"
+        )
+    return value
 
 
 class TableSchema(BaseModel):
@@ -128,12 +139,84 @@ class TableSchema(BaseModel):
         return tuple(c for c in self.columns if c.name not in self.primary_key)
 
 
+class OnFailure(StrEnum):
+    """What a retype does with a stored value its conversion rule does not take."""
+
+    REJECT = "reject"  # the whole schema message is refused, and nothing changes
+    NULL = "null"  # the value becomes NULL (a nullable column only)
+
+
+class _Change(BaseModel):
+    # extra="forbid": a misspelt field ("on_fail") must be refused, not silently mean
+    # the default; these items are new, so no older message carries other fields.
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    table: str
+
+    @field_validator("table")
+    @classmethod
+    def _table(cls, value: str) -> str:
+        return check_table_name(value)
+
+
+class DropTable(_Change):
+    """``{"op": "drop_table", "table": t}``: the table, its rows and tombstones go."""
+
+    op: Literal["drop_table"]
+
+
+class DropColumn(_Change):
+    """``{"op": "drop_column", "table": t, "column": c}``: a value column and its values go."""
+
+    op: Literal["drop_column"]
+    column: str
+
+
+class RenameColumn(_Change):
+    """``{"op": "rename_column", "table": t, "column": c, "to": d}``: values kept, name changed."""
+
+    op: Literal["rename_column"]
+    column: str
+    to: str
+
+    @field_validator("to")
+    @classmethod
+    def _to(cls, value: str) -> str:
+        return check_column_name(value)
+
+
+class RetypeColumn(_Change):
+    """``{"op": "retype_column", "table": t, "column": c, "type": ty, "on_failure": "reject"|"null"}``:
+    every stored value converted by the rule for (old type, ``type``) (:mod:`oplog.convert`)."""
+
+    op: Literal["retype_column"]
+    column: str
+    type: ColumnType
+    on_failure: OnFailure = OnFailure.REJECT
+
+
+ColumnChange = DropColumn | RenameColumn | RetypeColumn
+SchemaChange = Annotated[DropTable | DropColumn | RenameColumn | RetypeColumn, Field(discriminator="op")]
+
+
 class SchemaMessage(BaseModel):
-    """What is published on the schema subject: tables to declare or evolve."""
+    """What is published on the schema subject: explicit ``changes`` (drop a table, drop,
+    rename or retype a column), applied in order, then ``tables`` to declare or evolve.
+
+    A message holds at least one of the two; one with ``tables`` alone is the format
+    older peers know, and keeps its meaning.
+    """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    tables: tuple[TableSchema, ...] = Field(min_length=1, max_length=MAX_TABLES_PER_MESSAGE)
+    tables: tuple[TableSchema, ...] = Field(default=(), max_length=MAX_TABLES_PER_MESSAGE)
+    changes: tuple[SchemaChange, ...] = Field(default=(), max_length=MAX_CHANGES_PER_MESSAGE)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> SchemaMessage:
+        if not self.tables and not self.changes:
+            raise ValueError("a schema message declares tables or makes changes (or both); this one does neither")
+        return self
 
 
 def evolve(current: TableSchema | None, proposed: TableSchema) -> TableSchema:

@@ -28,7 +28,7 @@ from materializer.errors import Divergence
 from oplog.errors import OplogError
 from oplog.version import version
 from peer import logs, settings
-from peer.commands import changes, database, inspect, publish, reader, serve
+from peer.commands import changes, database, inspect, publish, reader, schema, serve
 from peer.service import GC_THRESHOLDS
 
 COMMANDS_GROUP = "oplog.commands"
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="log lines as text or as one JSON object each",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (database, serve, publish, inspect, reader, changes):
+    for module in (database, serve, publish, schema, inspect, reader, changes):
         module.register(sub)
 
     # Tooling commands (`oplog dev`, `oplog bench`) live above the runtime, in devtools/;

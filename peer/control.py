@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import orjson
 from nats.js import JetStreamContext
@@ -152,6 +153,13 @@ async def publish_roster(js: JetStreamContext, topology: Topology, roster: Roste
     return await publish_json(js, topology, topology.config_subject, roster.model_dump(mode="json"))
 
 
-async def publish_schema(js: JetStreamContext, topology: Topology, schema: SchemaMessage) -> int:
+def schema_body(schema: SchemaMessage) -> dict[str, Any]:
+    """The JSON body a schema message is published as."""
     body = orjson.loads(schema.model_dump_json())
-    return await publish_json(js, topology, topology.schema_subject, body)
+    # Without an empty list, a message of tables alone is the very body older versions
+    # published (and older peers know).
+    return {key: value for key, value in body.items() if value != []}
+
+
+async def publish_schema(js: JetStreamContext, topology: Topology, schema: SchemaMessage) -> int:
+    return await publish_json(js, topology, topology.schema_subject, schema_body(schema))

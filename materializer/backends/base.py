@@ -119,6 +119,11 @@ class Backend(ABC):
         """Stored rows and tombstones of ``keys``; keys never written are left out."""
 
     @abstractmethod
+    def scan_rows(self, table: TableSchema) -> dict[Key, RowState]:
+        """Every stored row and tombstone of ``table``, read with ``table``'s columns (a
+        schema change that rewrites the table reads it whole: materializer.schema_change)."""
+
+    @abstractmethod
     def known_op_ids(self, ids: list[str]) -> dict[str, str]:
         """``id -> digest`` for the ids among ``ids`` inside the dedup horizon."""
 

@@ -30,9 +30,10 @@ import orjson
 from materializer.backends.base import META_COLUMN, Backend
 from materializer.metadata import EPOCH_MESSAGE_PREFIX, CommitMeta
 from materializer.plan import EpochPlan, EpochRow, Key, TableChange, TableWrites
+from materializer.schema_change import Added
 from materializer.strategy import RowState
 from oplog.codec import canonical_json
-from oplog.schema import Column, ColumnType, TableSchema
+from oplog.schema import Column, ColumnType, DropColumn, RenameColumn, TableSchema
 
 EPOCH_COLUMNS = ("epoch", "first_epoch", "seal_seq", "resume_seq", "end_ms", "applied", "rejected", "duplicates",
                  "late", "digest")  # fmt: skip
@@ -88,16 +89,39 @@ class Dialect(ABC):
         return f"CREATE TABLE {quote(table.name)} ({', '.join(columns)}, PRIMARY KEY ({pk})){self.table_options}"
 
     def table_change_sql(self, change: TableChange) -> list[str]:
-        """The DDL of one table change: a new table, or the nullable columns it gained."""
-        if change.before is None:
-            return [self.create_table_sql(change.after)]
-        known = {c.name for c in change.before.columns}
+        """The DDL of one table change (:class:`~materializer.schema_change.TableChange`).
+
+        A new table; a dropped one; a rebuilt one (a column retyped: dropped and created
+        anew from the new schema, the plan then writes every row); or its columns' steps
+        in order: ``ADD``, ``DROP`` and ``RENAME COLUMN``, which both engines spell alike
+        (doltlite 0.51 has SQLite's ``DROP COLUMN`` and ``RENAME COLUMN``).
+        """
         quote = self.quote
-        return [
-            f"ALTER TABLE {quote(change.after.name)} ADD COLUMN {quote(c.name)} {self.column_type(change.after, c)}"
-            for c in change.after.columns
-            if c.name not in known
-        ]
+        before, after = change.before, change.after
+        if after is None:
+            assert before is not None
+            return [f"DROP TABLE {quote(before.name)}"]
+        if before is None:
+            return [self.create_table_sql(after)]
+        name = quote(after.name)
+        if change.rebuild:
+            return [f"DROP TABLE {name}", self.create_table_sql(after)]
+        if not change.steps:  # columns added only
+            known = {c.name for c in before.columns}
+            steps: tuple[object, ...] = tuple(Added(c) for c in after.columns if c.name not in known)
+        else:
+            steps = change.steps
+        sql = []
+        for step in steps:
+            if isinstance(step, Added):
+                sql.append(f"ALTER TABLE {name} ADD COLUMN {quote(step.column.name)} {self.column_type(after, step.column)}")
+            elif isinstance(step, DropColumn):
+                sql.append(f"ALTER TABLE {name} DROP COLUMN {quote(step.column)}")
+            elif isinstance(step, RenameColumn):
+                sql.append(f"ALTER TABLE {name} RENAME COLUMN {quote(step.column)} TO {quote(step.to)}")
+            else:  # a retype makes the change a rebuild
+                raise AssertionError(f"{step!r} in a table change that is not a rebuild")
+        return sql
 
 
 class FreshRoot(Protocol):
@@ -209,6 +233,25 @@ class SqlBackend(Backend):
                 result[missing[tombstone_id]] = _row_state(RowState, (None, loads(meta)))
         return result
 
+    def scan_rows(self, table: TableSchema) -> dict[Key, RowState]:
+        """Every row and tombstone of ``table`` (read with ``table``'s columns): what a
+        schema change that rewrites the table migrates (materializer.schema_change)."""
+        d = self.dialect
+        pk = table.primary_key
+        width = len(pk)
+        value_cols = [c.name for c in table.value_columns]
+        columns = ", ".join(d.quote(c) for c in (*pk, *value_cols, META_COLUMN))
+        loads = orjson.loads
+        result: dict[Key, RowState] = {}
+        # Row by row, not as one JSON value (SqlBackend._select's exact_json): a whole table
+        # could exceed the engine's largest value.
+        for row in self._select(columns, f"FROM {d.quote(table.name)}", (), False):
+            result[tuple(row[:width])] = RowState(dict(zip(value_cols, row[width:-1], strict=True)), loads(row[-1]))
+        # Both engines keep the key's canonical text in the tombstone's pk column.
+        for key, meta in self._select("pk, meta", "FROM oplog_tombstones WHERE tbl = ?", (table.name,), False):
+            result[tuple(loads(key))] = RowState(None, loads(meta))
+        return result
+
     def known_op_ids(self, ids: list[str]) -> dict[str, str]:
         found: dict[str, str] = {}
         per = self.dialect.read_chunk
@@ -267,12 +310,19 @@ class SqlBackend(Backend):
             if d.ddl_in_transaction:
                 for sql in ddl:
                     self._query(sql)
-            changes = plan.table_changes
+            # Each table's definition as the epoch leaves it; a dropped table's tombstones
+            # go first, so that a table made again under its name starts without them.
+            final = {c.name: c.after for c in plan.table_changes}
+            for name in dict.fromkeys(c.name for c in plan.table_changes if c.after is None):
+                self._query("DELETE FROM oplog_tombstones WHERE tbl = ?", (name,))
+                if final[name] is None:
+                    self._query("DELETE FROM oplog_tables WHERE name = ?", (name,))
+            declared = [(name, table) for name, table in final.items() if table is not None]
             self._insert(
                 f"{d.upsert} oplog_tables (name, definition, epoch) VALUES ",
                 3,
-                ((c.after.name, canonical_json(c.after.model_dump(mode="json")), epoch) for c in changes),
-                len(changes),
+                ((name, canonical_json(table.model_dump(mode="json")), epoch) for name, table in declared),
+                len(declared),
             )
             for writes in plan.writes:
                 self._write_table(writes)

@@ -39,6 +39,13 @@ How a commit's changes are found (the same algorithm on both engines):
    booleans as the stored integers (booleans are 0/1), floats as JSON numbers, decimals,
    text, json and timestamps as their stored canonical text, bytes as base64. A row whose
    values and metadata are unchanged (possible only around a schema change) is no change.
+5. Around schema changes that remove or rename (docs/schema.md): a column retyped in a
+   commit has its old values rendered by its old type on the ``before`` side; in the
+   commit that renames a column, its ``before`` value is null (a diff cannot tell a
+   rename), and every row shows as updated; a dropped table lists no rows. doltlite's
+   diffs name the columns a table has *now*, so there a column dropped or renamed since
+   reads as null in earlier commits (Dolt sql-server reads each commit with its own
+   columns); a table dropped since is still read, with the columns it last had.
 
 ``op_id``: an op's *stamp* is ``[wall_ms, logical, node, id]``; the strategies that have a
 winning op store stamps in the row's ``_oplog_meta`` (``lww``: ``{"v": stamp}``;
@@ -284,14 +291,15 @@ def _diff_rows(reader: _Reader, table: str, commit: str) -> list[tuple[str, dict
         if reader.dialect == "doltlite":
             # Its columns follow the table's current schema, by position (a user column named
             # like the diff's own, e.g. `commit`, is renamed there): read the schema around it.
-            current, _ = reader.query(f'SELECT * FROM "{table}" LIMIT 0')
+            now = _columns_now(reader, table)
             # Both ends: with to_commit alone doltlite walks the whole history; with both it
             # stops at the commit, so a diff costs its distance from HEAD (~3 µs a commit).
             names, rows = reader.query(f"SELECT * FROM dolt_diff_{table} WHERE to_commit = ? AND from_commit = ?",
                                        (commit, _parent(reader, commit)))  # fmt: skip
+            # None: dropped since (materializer.schema_change); the diff keeps its last columns.
+            current = now if now is not None else [name[3:] for name in names[: (len(names) - 5) // 2]]
             after_cols = before_cols = current
-            again, _ = reader.query(f'SELECT * FROM "{table}" LIMIT 0')
-            if again != current or len(names) != 2 * len(current) + 5:
+            if _columns_now(reader, table) != now or len(names) != 2 * len(current) + 5:
                 continue  # a column was added meanwhile: read again
         else:
             names, rows = reader.query("SELECT * FROM dolt_diff(?, ?, ?)", (f"{commit}~1", commit, table))
@@ -304,6 +312,17 @@ def _diff_rows(reader: _Reader, table: str, commit: str) -> list[tuple[str, dict
             found.append((str(row[-1]), before, after))
         return found
     raise TransientBackendError(f"the schema of {table!r} kept changing while its diff was read; retry")
+
+
+def _columns_now(reader: _Reader, table: str) -> list[str] | None:
+    """The columns ``table`` has now (doltlite), or None if it has been dropped since."""
+    try:
+        columns, _ = reader.query(f'SELECT * FROM "{table}" LIMIT 0')
+    except BackendError:
+        if reader.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,))[1]:
+            raise
+        return None
+    return columns
 
 
 def _parent(reader: _Reader, commit: str) -> str:
@@ -351,8 +370,12 @@ def render_value(column: Column, value: Any) -> Any:
     return _text(value)
 
 
-def _side(schema: TableSchema, raw: dict[str, Any]) -> dict[str, Any]:
-    return {c.name: render_value(c, raw.get(c.name)) for c in schema.columns}
+def _side(schema: TableSchema, raw: dict[str, Any], stored_as: TableSchema | None = None) -> dict[str, Any]:
+    """Every column of ``schema``, rendered by its type in ``stored_as`` where it has one
+    there (the parent's schema, for the old values of a column the commit retyped)."""
+    if stored_as is None or stored_as is schema:
+        return {c.name: render_value(c, raw.get(c.name)) for c in schema.columns}
+    return {c.name: render_value(stored_as.column(c.name) or c, raw.get(c.name)) for c in schema.columns}
 
 
 def _meta(raw: Any) -> Any:
@@ -387,19 +410,25 @@ def _sort_key(change: Change) -> tuple[str, tuple[Any, ...]]:
 def commit_changes(reader: _Reader, commit: EpochCommit, table: str | None = None) -> EpochChanges:
     """What ``commit`` changed in the user tables (only ``table``, if given)."""
     _, summary = reader.query(
-        "SELECT to_table_name, data_change FROM dolt_diff_summary(?, ?)", (f"{commit.commit}~1", commit.commit)
+        "SELECT to_table_name, data_change, schema_change FROM dolt_diff_summary(?, ?)",
+        (f"{commit.commit}~1", commit.commit),
     )
-    names = {_text(name) for name, data_change in summary if name and data_change}
+    names = {_text(name) for name, data_change, _ in summary if name and data_change}
     names = {n for n in names if not n.lower().startswith(INTERNAL_PREFIX) and (table is None or n == table)}
+    reshaped = {_text(name) for name, _, schema_change in summary if name and schema_change}
     changes: list[Change] = []
     if names:
         declared = _tables_at(reader, commit.commit)
+        # A table whose schema this commit changed (materializer.schema_change): the old
+        # values of its before side are rendered by the types the parent declared.
+        earlier = _tables_at(reader, _parent(reader, commit.commit)) if names & reshaped else {}
         tombstones: dict[tuple[str, str], Any] | None = None
         for name in sorted(n for n in names if n in declared):
             schema = declared[name]
+            stored_as = earlier.get(name)
             for diff_type, raw_before, raw_after in _diff_rows(reader, name, commit.commit):
                 kind = KINDS[diff_type]
-                before = None if kind == "insert" else _side(schema, raw_before)
+                before = None if kind == "insert" else _side(schema, raw_before, stored_as)
                 after = None if kind == "delete" else _side(schema, raw_after)
                 before_meta = None if kind == "insert" else _meta(raw_before.get(META_COLUMN))
                 if kind == "delete":

@@ -21,6 +21,11 @@ increments: after a late delete, the row would have to drop exactly the deltas w
 older stamps, which means storing every delta forever. To zero a counter, publish
 the opposite delta.
 
+Schema changes. The meta names no column. A counter column retyped between integer and
+decimal stays a counter, its sums converted; retyped to another type it stops counting.
+That is refused for a NOT NULL column (:meth:`Counter.check_change`): the strategy leaves
+non-counter columns NULL, so every later op would be rejected (``not_nullable``).
+
 Rejections: ``bad_data`` (data not an object), ``unknown_column``,
 ``not_a_counter`` (a key column or a column that is not integer/decimal),
 ``bad_delta`` (a bool, a non-number, a float for an integer column, a decimal
@@ -35,8 +40,18 @@ from typing import Any
 
 from materializer.errors import OpRejected
 from materializer.strategy import OpLike, RowState, Strategy
+from oplog.errors import SchemaError
 from oplog.op import OpKind
-from oplog.schema import MAX_DECIMAL_SCALE, MAX_INTEGER, Column, ColumnType, TableSchema, normalize_value
+from oplog.schema import (
+    MAX_DECIMAL_SCALE,
+    MAX_INTEGER,
+    Column,
+    ColumnChange,
+    ColumnType,
+    RetypeColumn,
+    TableSchema,
+    normalize_value,
+)
 
 COUNTER_TYPES = frozenset({ColumnType.INTEGER, ColumnType.DECIMAL})
 DECIMAL_DIGITS = 38
@@ -115,6 +130,20 @@ def parse_deltas(table: TableSchema, data: Any) -> dict[str, int | Decimal]:
 class Counter(Strategy):
     name = "counter"
     kinds = frozenset({OpKind.INCR})
+
+    def check_change(self, table: TableSchema, change: ColumnChange) -> None:
+        column = table.column(change.column)
+        if (
+            isinstance(change, RetypeColumn)
+            and column is not None
+            and not column.nullable
+            and column.type in COUNTER_TYPES
+            and change.type not in COUNTER_TYPES
+        ):
+            raise SchemaError(
+                f"table {table.name!r} uses strategy 'counter', which leaves non-counter columns NULL: "
+                f"NOT NULL counter column {column.name!r} cannot become {change.type.value}"
+            )
 
     def apply(self, table: TableSchema, state: RowState, op: OpLike) -> RowState:
         return self.apply_prepared(table, state, op, self.prepare(table, op))

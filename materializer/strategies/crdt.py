@@ -45,6 +45,11 @@ keeps at most :data:`MAX_PENDING_UPDATES` waiting updates of at most
 :data:`MAX_PENDING_BYTES` in all; an update that would leave more waiting is rejected
 (``crdt_backlog``), so the state stays bounded and its fold cost with it.
 
+Schema changes. The document column may be renamed (the meta names no column), but not
+dropped or retyped: each row's meta holds the CRDT state the column shows, and the
+strategy needs that json column (:meth:`CrdtDocument.check_change`). Drop the table
+instead.
+
 Rejections: ``bad_table`` (not exactly one json value column), ``bad_data`` (no
 ``update`` text), ``bad_crdt_update`` (not base64, or not a Yjs v1 update),
 ``crdt_backlog`` (too many updates of the row wait for their causal predecessors).
@@ -59,8 +64,9 @@ from pycrdt import Doc, get_update, merge_updates
 from materializer.errors import OpRejected
 from materializer.strategy import OpLike, RowState, Strategy
 from oplog.crdt_helper import decode_update, encode_update, to_json
+from oplog.errors import SchemaError
 from oplog.op import OpKind
-from oplog.schema import Column, ColumnType, TableSchema, normalize_value
+from oplog.schema import Column, ColumnChange, ColumnType, RenameColumn, TableSchema, normalize_value
 
 # The materializer never edits, so its own client id never reaches the state; fixed anyway.
 MATERIALIZER_CLIENT_ID = 1
@@ -185,6 +191,15 @@ def canonical_state(state: bytes, rounds: int = 8) -> bytes:
 class CrdtDocument(Strategy):
     name = "crdt"
     kinds = frozenset({OpKind.CRDT})
+
+    def check_change(self, table: TableSchema, change: ColumnChange) -> None:
+        column = table.column(change.column)
+        if column is not None and column.type is ColumnType.JSON and not isinstance(change, RenameColumn):
+            what = "dropped" if change.op == "drop_column" else "retyped"
+            raise SchemaError(
+                f"table {table.name!r} uses strategy 'crdt': its document column {column.name!r} cannot be {what}, "
+                "since each row's CRDT state belongs to it; drop the table instead"
+            )
 
     def apply(self, table: TableSchema, state: RowState, op: OpLike) -> RowState:
         return self.apply_prepared(table, state, op, self.prepare(table, op))

@@ -29,6 +29,12 @@ again and are dropped, which keeps the meta canonical (a tombstone is just
 Because a column can lack a value (after a delete, or before any write sets it),
 every value column must be nullable; ops on a table that declares a NOT NULL value
 column are rejected with ``not_nullable``.
+
+Schema changes. ``cols`` names columns, so it follows them (:meth:`migrate_meta`): a
+dropped column's stamp goes (a write of it can no longer matter), a renamed column's
+stamp moves to the new name, and a retyped column keeps its stamp (the converted value,
+or the NULL a failed conversion leaves, stands for the same write). ``row`` and ``del``
+stay, so the row exists after the change exactly when it did before.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from materializer.errors import OpRejected
 from materializer.strategies.lww import stamp
 from materializer.strategy import OpLike, RowState, Strategy, row_values
 from oplog.op import OpKind
-from oplog.schema import TableSchema
+from oplog.schema import ColumnChange, DropColumn, RenameColumn, TableSchema
 
 Stamp = list[Any]
 
@@ -62,6 +68,22 @@ def require_nullable(table: TableSchema, strategy: str) -> None:
 class FieldLastWriterWins(Strategy):
     name = "field-lww"
     kinds = frozenset({OpKind.PATCH, OpKind.UPSERT, OpKind.DELETE})
+    meta_names_columns = True
+
+    def migrate_meta(self, change: ColumnChange, meta: dict[str, Any]) -> dict[str, Any]:
+        cols: dict[str, Stamp] | None = meta.get("cols")
+        if not cols or change.column not in cols:
+            return meta
+        moved = dict(cols)
+        stamp_ = moved.pop(change.column)
+        if isinstance(change, RenameColumn):
+            moved[change.to] = stamp_
+        elif not isinstance(change, DropColumn):
+            return meta  # retyped: the write stands, converted
+        result = {name: value for name, value in meta.items() if name != "cols"}
+        if moved:  # canonical: no "cols" once no column has a stamp (see apply_prepared)
+            result["cols"] = moved
+        return result
 
     def apply(self, table: TableSchema, state: RowState, op: OpLike) -> RowState:
         return self.apply_prepared(table, state, op, self.prepare(table, op))
