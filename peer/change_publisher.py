@@ -45,6 +45,7 @@ from nats.js.errors import APIError, NotFoundError
 from materializer.backends.base import Backend
 from materializer.errors import TransientBackendError
 from materializer.read.changes import EpochChanges, iter_changes
+from materializer.read.epoch_commits import HistoryGone
 from oplog.errors import OplogError
 from oplog.nats_errors import is_transient
 from oplog.topology import Topology
@@ -262,9 +263,17 @@ class ChangePublisher:
         if self._expected is None:
             await self._locate()
         while True:
-            read, last, messages = await self._in_thread(
-                _read, self._source, self._topology, self._cursor, self._batch, self._part_bytes
-            )
+            try:
+                read, last, messages = await self._in_thread(
+                    _read, self._source, self._topology, self._cursor, self._batch, self._part_bytes
+                )
+            except HistoryGone as gone:
+                # A checkpoint re-rooted the history past what the feed has published: those
+                # epochs' change sets can no longer be read by anyone. Say so once, go on.
+                self._log.error("change feed: %s; epochs %d-%d are missing from the feed",
+                                gone, self._cursor, gone.first_kept - 1)  # fmt: skip
+                self._cursor = gone.first_kept
+                continue
             for message in messages:
                 if self._position is None or message.position > self._position:
                     await self._publish(message)

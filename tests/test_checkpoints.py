@@ -15,13 +15,14 @@ import pytest
 from nats.js import JetStreamContext
 
 from devtools.natsd import NatsServer
+from materializer.backends.base import Backend
 from materializer.backends.doltlite import DoltliteBackend
 from materializer.bootstrap.snapshots import SnapshotPolicy
 from materializer.commit.loop import Materializer
 from materializer.metadata import checkpoint_due
 from oplog.op import Op
 from oplog.topology import Topology
-from tests.support import config, connected, publish_batch, seal, setup_db, wall
+from tests.support import BackendFactory, config, connected, publish_batch, seal, setup_db, wall
 from tests.test_snapshots import run_until
 
 pytestmark = pytest.mark.integration
@@ -195,3 +196,39 @@ def test_a_peer_killed_inside_a_checkpoint_redoes_it_on_restart_and_agrees(tmp_p
         witness.stop()
         server.stop()
     assert all(len(r) == 2 and r["a"] == r["b"] for r in by_epoch.values()), by_epoch
+
+
+def test_change_feeds_read_across_a_checkpoint_and_say_where_the_history_starts(
+    backends: BackendFactory,
+) -> None:
+    from materializer.read.changes import read_changes
+    from materializer.read.epoch_commits import HistoryGone
+    from tests.test_backend_contract import checkpoint_of, every_write_kind
+
+    plans = every_write_kind()
+    bounded, plain = backends("bounded"), backends("plain")
+    for backend in (bounded, plain):
+        backend.open()
+    try:
+        genesis = bounded.create_genesis()
+        plain.install_snapshot(genesis)
+        for p in plans[:4]:
+            bounded.commit_epoch(p)
+            plain.commit_epoch(p)
+        bounded.checkpoint(genesis, checkpoint_of(3), before_epoch=4)
+        bounded.commit_epoch(plans[4])
+        plain.commit_epoch(plans[4])
+
+        # Epoch 4's change set is its own, not "everything since the genesis".
+        def envelopes(backend: Backend) -> list[dict[str, object]]:
+            (epoch,) = read_changes(backend, 4)
+            return [{k: v for k, v in c.envelope().items() if k != "commit"} for c in epoch.changes]
+
+        assert envelopes(bounded) == envelopes(plain) and envelopes(plain)
+        # An epoch before the checkpoint: one clear error naming the first epoch kept.
+        with pytest.raises(HistoryGone, match="read from epoch 4 on") as gone:
+            read_changes(bounded, 2)
+        assert gone.value.first_kept == 4
+    finally:
+        bounded.close()
+        plain.close()

@@ -72,88 +72,46 @@ pymysql connection in autocommit mode).
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import heapq
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from functools import lru_cache, partial
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import quote as url_quote
-
-import orjson
 
 from materializer.backends.base import META_COLUMN, Backend
 from materializer.errors import BackendError, TransientBackendError
-from materializer.metadata import EPOCH_MESSAGE_PREFIX
 from materializer.plan import key_text
+from materializer.read.change_records import (
+    Change,
+    EpochChanges,
+    EpochCommit,
+    Kind,
+    meta_of,
+    schema_of,
+    side,
+    sort_key,
+    text,
+    winning_op,
+)
+from materializer.read.epoch_commits import CommitIndex, epoch_commits
 from materializer.read.epochs import _Reader, _reading
-from oplog.codec import canonical_json
 from oplog.op import TABLE_NAME
-from oplog.schema import Column, ColumnType, TableSchema
+from oplog.schema import TableSchema
 
-Kind = Literal["insert", "update", "delete"]
 KINDS: dict[str, Kind] = {"added": "insert", "modified": "update", "removed": "delete"}
 DEFAULT_POLL_S = 0.5
 MAX_POLL_S = 60.0
-COMMITS_PER_QUERY = 256  # epoch commits listed per round; each is then diffed and handed over alone
-INDEX_SPAN = 65_536  # epochs of commit hashes kept from one read of dolt_log (CommitIndex)
 INTERNAL_PREFIX = "oplog_"
 TOMBSTONES = "oplog_tombstones"
-_NO_LIMIT = 2**63 - 1
 _SCHEMA_RACE_ATTEMPTS = 3
 T = TypeVar("T")
 
 
 class EpochNotCommittedYet(BackendError):
     """The range asked for ends past this peer's newest epoch commit."""
-
-
-@dataclass(frozen=True)
-class Change:
-    """One changed row of one user table in one epoch commit."""
-
-    epoch: int
-    commit: str
-    table: str
-    key: tuple[Any, ...]
-    kind: Kind
-    before: dict[str, Any] | None
-    after: dict[str, Any] | None
-    op_id: str | None
-
-    def envelope(self) -> dict[str, Any]:
-        """The change as a JSON object (see the module docstring)."""
-        return {"epoch": self.epoch, "commit": self.commit, "table": self.table, "key": list(self.key),
-                "kind": self.kind, "before": self.before, "after": self.after, "op_id": self.op_id}  # fmt: skip
-
-    def to_json(self) -> str:
-        """The envelope as canonical JSON (sorted keys, compact): one line of a feed."""
-        return canonical_json(self.envelope())
-
-
-@dataclass(frozen=True)
-class EpochChanges:
-    """Everything one epoch commit changed. ``epoch`` is the commit's epoch; it also holds the
-    epochs from ``first_epoch`` on that were closed with it. ``end_ms`` is the commit's date
-    (the epoch's end). Both are always set on what this module returns."""
-
-    epoch: int
-    commit_hash: str
-    changes: tuple[Change, ...]
-    first_epoch: int | None = None
-    end_ms: int | None = None
-
-
-@dataclass(frozen=True)
-class EpochCommit:
-    epoch: int
-    first_epoch: int
-    end_ms: int
-    commit: str
 
 
 # -- opening a target ------------------------------------------------------------------
@@ -197,75 +155,6 @@ def _check_table(reader: _Reader, table: str) -> None:
 def _newest_epoch(reader: _Reader) -> int | None:
     _, rows = reader.query("SELECT MAX(epoch) FROM oplog_epochs")
     return None if rows[0][0] is None else int(rows[0][0])
-
-
-# -- finding epoch commits ---------------------------------------------------------------
-
-
-def _message_epoch(message: str) -> int | None:
-    first = message.split("\n", 1)[0]
-    if not first.startswith(EPOCH_MESSAGE_PREFIX):
-        return None
-    try:
-        return int(first[len(EPOCH_MESSAGE_PREFIX) :])
-    except ValueError:
-        return None
-
-
-class CommitIndex:
-    """``epoch -> commit hash`` of the epoch commits read from ``dolt_log`` so far.
-
-    ``dolt_log`` is read from the newest commit down, so finding an old epoch reads every
-    commit after it: what is read on the way is kept (at most :data:`INDEX_SPAN` epochs
-    from the oldest one wanted), so walking a long history reads the log once per span,
-    not once per batch. :meth:`forget_below` drops what a walk has passed."""
-
-    def __init__(self) -> None:
-        self._hashes: dict[int, str] = {}
-        self._heap: list[int] = []
-
-    def lookup(self, reader: _Reader, wanted: set[int], depth: int) -> dict[int, str]:
-        """The hashes of ``wanted``; ``depth`` is how many epoch commits lie between HEAD
-        and the oldest one wanted."""
-        if not wanted <= self._hashes.keys():
-            low, limit = min(wanted), depth + 8
-            while True:
-                _, rows = reader.query("SELECT commit_hash, message FROM dolt_log LIMIT ?", (limit,))
-                for commit_hash, message in rows:
-                    epoch = _message_epoch(_text(message))
-                    if epoch is not None and low <= epoch < low + INDEX_SPAN and epoch not in self._hashes:
-                        self._hashes[epoch] = _text(commit_hash)
-                        heapq.heappush(self._heap, epoch)
-                if wanted <= self._hashes.keys() or len(rows) < limit:
-                    break
-                limit *= 4  # commits were made since oplog_epochs was read
-        return {epoch: self._hashes[epoch] for epoch in wanted if epoch in self._hashes}
-
-    def forget_below(self, epoch: int) -> None:
-        while self._heap and self._heap[0] < epoch:
-            del self._hashes[heapq.heappop(self._heap)]
-
-
-def epoch_commits(reader: _Reader, from_epoch: int, to_epoch: int | None = None, *,
-                  limit: int = COMMITS_PER_QUERY, index: CommitIndex | None = None) -> list[EpochCommit]:  # fmt: skip
-    """The first ``limit`` epoch commits holding an epoch of ``from_epoch``..``to_epoch``
-    (a commit holds ``first_epoch``..``epoch``), in epoch order. Pass the same ``index``
-    to calls that walk forward (see :class:`CommitIndex`)."""
-    _, rows = reader.query(
-        "SELECT epoch, first_epoch, end_ms FROM oplog_epochs WHERE epoch >= ? AND first_epoch <= ?"
-        " ORDER BY epoch LIMIT ?",
-        (from_epoch, _NO_LIMIT if to_epoch is None else to_epoch, min(limit, INDEX_SPAN)),
-    )
-    if not rows:
-        return []
-    _, ((depth,),) = reader.query("SELECT COUNT(*) FROM oplog_epochs WHERE epoch >= ?", (rows[0][0],))
-    hashes = (index or CommitIndex()).lookup(reader, {int(r[0]) for r in rows}, int(depth))
-    commits = []
-    for epoch, first_epoch, end_ms in rows:
-        if int(epoch) not in hashes:
-            raise BackendError(f"epoch {epoch} is in oplog_epochs but no commit's message names it")
-        commits.append(EpochCommit(int(epoch), int(first_epoch), int(end_ms), hashes[int(epoch)]))
-    return commits
 
 
 # -- the diff of one commit: the engines' one difference ---------------------------------------
@@ -332,7 +221,7 @@ def _parent(reader: _Reader, commit: str) -> str:
     )
     if not rows or rows[0][0] is None:
         raise BackendError(f"commit {commit} has no parent")
-    return _text(rows[0][0])
+    return text(rows[0][0])
 
 
 def _tables_at(reader: _Reader, commit: str) -> dict[str, TableSchema]:
@@ -341,70 +230,7 @@ def _tables_at(reader: _Reader, commit: str) -> dict[str, TableSchema]:
         _, rows = reader.query("SELECT name, definition FROM dolt_at_oplog_tables(?)", (commit,))
     else:
         _, rows = reader.query("SELECT name, definition FROM oplog_tables AS OF ?", (commit,))
-    return {str(name): _schema(_text(definition)) for name, definition in rows}
-
-
-@lru_cache(maxsize=1024)
-def _schema(definition: str) -> TableSchema:
-    return TableSchema.model_validate_json(definition)
-
-
-# -- rendering -------------------------------------------------------------------------------
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, (bytes, bytearray)) else str(value)
-
-
-def render_value(column: Column, value: Any) -> Any:
-    """A stored value in its canonical JSON form (see the module docstring)."""
-    if value is None:
-        return None
-    kind = column.type
-    if kind is ColumnType.INTEGER or kind is ColumnType.BOOLEAN:
-        return int(value)
-    if kind is ColumnType.FLOAT:
-        return float(value)  # doltlite's diff hands back a whole REAL as an integer
-    if kind is ColumnType.BYTES:
-        return base64.b64encode(bytes(value)).decode()
-    return _text(value)
-
-
-def _side(schema: TableSchema, raw: dict[str, Any], stored_as: TableSchema | None = None) -> dict[str, Any]:
-    """Every column of ``schema``, rendered by its type in ``stored_as`` where it has one
-    there (the parent's schema, for the old values of a column the commit retyped)."""
-    if stored_as is None or stored_as is schema:
-        return {c.name: render_value(c, raw.get(c.name)) for c in schema.columns}
-    return {c.name: render_value(stored_as.column(c.name) or c, raw.get(c.name)) for c in schema.columns}
-
-
-def _meta(raw: Any) -> Any:
-    return None if raw is None else orjson.loads(_text(raw))
-
-
-def _stamps(value: Any, found: set[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
-    """Every op stamp ``[wall_ms, logical, node, id]`` inside a strategy's meta."""
-    if isinstance(value, list):
-        if (len(value) == 4 and type(value[0]) is int and type(value[1]) is int
-                and isinstance(value[2], str) and isinstance(value[3], str)):  # fmt: skip
-            found.add(tuple(value))
-        else:
-            for item in value:
-                _stamps(item, found)
-    elif isinstance(value, dict):
-        for item in value.values():
-            _stamps(item, found)
-    return found
-
-
-def winning_op(before_meta: Any, after_meta: Any) -> str | None:
-    """The id of the newest stamp in ``after_meta`` that ``before_meta`` lacks, or None."""
-    new = _stamps(after_meta, set()) - _stamps(before_meta, set())
-    return str(max(new)[3]) if new else None
-
-
-def _sort_key(change: Change) -> tuple[str, tuple[Any, ...]]:
-    return change.table, change.key
+    return {str(name): schema_of(text(definition)) for name, definition in rows}
 
 
 def commit_changes(reader: _Reader, commit: EpochCommit, table: str | None = None) -> EpochChanges:
@@ -413,9 +239,9 @@ def commit_changes(reader: _Reader, commit: EpochCommit, table: str | None = Non
         "SELECT to_table_name, data_change, schema_change FROM dolt_diff_summary(?, ?)",
         (f"{commit.commit}~1", commit.commit),
     )
-    names = {_text(name) for name, data_change, _ in summary if name and data_change}
+    names = {text(name) for name, data_change, _ in summary if name and data_change}
     names = {n for n in names if not n.lower().startswith(INTERNAL_PREFIX) and (table is None or n == table)}
-    reshaped = {_text(name) for name, _, schema_change in summary if name and schema_change}
+    reshaped = {text(name) for name, _, schema_change in summary if name and schema_change}
     changes: list[Change] = []
     if names:
         declared = _tables_at(reader, commit.commit)
@@ -428,9 +254,9 @@ def commit_changes(reader: _Reader, commit: EpochCommit, table: str | None = Non
             stored_as = earlier.get(name)
             for diff_type, raw_before, raw_after in _diff_rows(reader, name, commit.commit):
                 kind = KINDS[diff_type]
-                before = None if kind == "insert" else _side(schema, raw_before, stored_as)
-                after = None if kind == "delete" else _side(schema, raw_after)
-                before_meta = None if kind == "insert" else _meta(raw_before.get(META_COLUMN))
+                before = None if kind == "insert" else side(schema, raw_before, stored_as)
+                after = None if kind == "delete" else side(schema, raw_after)
+                before_meta = None if kind == "insert" else meta_of(raw_before.get(META_COLUMN))
                 if kind == "delete":
                     assert before is not None
                     key = tuple(before[c] for c in schema.primary_key)
@@ -440,19 +266,19 @@ def commit_changes(reader: _Reader, commit: EpochCommit, table: str | None = Non
                 else:
                     assert after is not None
                     key = tuple(after[c] for c in schema.primary_key)
-                    after_meta = _meta(raw_after.get(META_COLUMN))
+                    after_meta = meta_of(raw_after.get(META_COLUMN))
                     if kind == "update" and before == after and before_meta == after_meta:
                         continue  # nothing of the row changed (a column added around it)
                 changes.append(Change(commit.epoch, commit.commit, name, key, kind, before, after,
                                       winning_op(before_meta, after_meta)))  # fmt: skip
-    changes.sort(key=_sort_key)
+    changes.sort(key=sort_key)
     return EpochChanges(commit.epoch, commit.commit, tuple(changes), commit.first_epoch, commit.end_ms)
 
 
 def _tombstones(reader: _Reader, commit: str) -> dict[tuple[str, str], Any]:
     """``(table, key text) -> meta`` of the tombstones ``commit`` wrote: a delete's stamp."""
     return {
-        (_text(after["tbl"]), _text(after["pk"])): _meta(after["meta"])
+        (text(after["tbl"]), text(after["pk"])): meta_of(after["meta"])
         for diff_type, _, after in _diff_rows(reader, TOMBSTONES, commit)
         if diff_type != "removed"
     }
