@@ -25,8 +25,8 @@ from devtools.demo import DEMO_SCHEMA
 from devtools.natsd import NatsCluster, NatsServer
 from devtools.processes import PeerProcess
 from epoch.config import DatabaseConfig
-from materializer.backends.doltlite import DoltliteBackend
 from materializer.agreement.hashes import HashBoard
+from materializer.backends.doltlite import DoltliteBackend
 from oplog.hlc import HybridLogicalClock
 from oplog.producer import Producer
 from oplog.topology import StreamLimits, Topology

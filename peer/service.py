@@ -19,13 +19,13 @@ from nats.js import JetStreamContext
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from epoch.sealer import Sealer
+from materializer.agreement.divergence import DivergenceWatch, Repairer, verified_snapshot
+from materializer.agreement.hashes import HashBoard
 from materializer.agreement.verdict import Verdict
 from materializer.backends.base import Backend
-from materializer.agreement.divergence import DivergenceWatch, Repairer, verified_snapshot
-from materializer.faults import FaultDir
-from materializer.agreement.hashes import HashBoard
-from materializer.commit.loop import EpochReport, Materializer
 from materializer.bootstrap.snapshots import SnapshotInfo, SnapshotPolicy
+from materializer.commit.loop import EpochReport, Materializer
+from materializer.faults import FaultDir
 from oplog.connection import NatsOptions
 from oplog.connection import close as close_nats
 from oplog.connection import connect as connect_nats

@@ -26,8 +26,8 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from epoch.config import Timeline
-from materializer.agreement.verdict import majority
 from materializer.agreement.hashes import EpochAgreement, HashBoard, Heartbeat
+from materializer.agreement.verdict import majority
 from oplog.errors import OplogError
 from oplog.topology import Topology
 from peer.control import newest_seal, read_config

@@ -14,10 +14,10 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
-from materializer.backends.doltlite import DoltliteBackend
 from materializer.agreement.hashes import HashBoard
-from materializer.plan import EpochPlan
+from materializer.backends.doltlite import DoltliteBackend
 from materializer.bootstrap.snapshots import SnapshotPolicy
+from materializer.plan import EpochPlan
 from oplog.op import Op
 from oplog.topology import Topology
 from peer.service import PeerConfig, run_peer

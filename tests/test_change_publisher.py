@@ -19,7 +19,6 @@ from nats.js import JetStreamContext
 
 from devtools.natsd import NatsServer
 from materializer.read.changes import Change, EpochChanges, read_changes
-from peer.cli import build_parser
 from oplog.topology import Topology
 from peer.auth import consumer_permissions, peer_permissions
 from peer.change_publisher import (
@@ -29,6 +28,7 @@ from peer.change_publisher import (
     change_messages,
     changes_stream_config,
 )
+from peer.cli import build_parser
 from tests.change_feed import TOPOLOGY, expected_feed, feed, position
 from tests.support import InProcessPeer, config, connected, publish_batch, seal, setup_db
 from tests.test_changes import SCHEMA, WAIT_S, op, oplog

@@ -23,9 +23,9 @@ from devtools.natsd import NatsServer
 from materializer.backends.base import Backend
 from materializer.backends.dolt_server_launcher import DoltServer
 from materializer.backends.doltlite import child_env
+from materializer.plan import TableChange, TableWrites
 from materializer.read.change_records import winning_op
 from materializer.read.changes import EpochChanges, EpochNotCommittedYet, follow_changes, read_changes
-from materializer.plan import TableChange, TableWrites
 from oplog.op import Op
 from oplog.schema import SchemaMessage, TableSchema
 from oplog.topology import Topology

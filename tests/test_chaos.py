@@ -26,10 +26,10 @@ from devtools.chaos import SCENARIOS, run_scenario
 from devtools.chaos_rows import Expectation, PeerLedger, ResultRow, build_row, compare_hashes, format_table
 from devtools.natsd import NatsCluster, NatsServer
 from materializer.backends.doltlite import DoltliteBackend, child_env
+from materializer.bootstrap.snapshots import SnapshotPolicy
 from materializer.buckets import key_value
 from materializer.commit.loop import Materializer
 from materializer.commit.reader import StreamReader
-from materializer.bootstrap.snapshots import SnapshotPolicy
 from oplog.errors import PublishError
 from oplog.hlc import HybridLogicalClock
 from oplog.op import Op

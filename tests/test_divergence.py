@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from devtools.natsd import NatsServer
-from materializer.errors import Divergence
 from materializer.agreement.hashes import HashBoard
+from materializer.errors import Divergence
 from peer import metrics
 from tests.running_peers import EPOCHS, FAULT_EPOCH, epoch_hashes, three_peers, wait_until
 

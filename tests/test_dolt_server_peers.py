@@ -20,8 +20,8 @@ import pytest
 from devtools.natsd import NatsServer
 from devtools.processes import PeerProcess
 from materializer.backends.dolt_server_launcher import DoltServer, find_dolt, scratch_root
-from materializer.commit.loop import Materializer
 from materializer.bootstrap.snapshots import SnapshotPolicy
+from materializer.commit.loop import Materializer
 from oplog.op import Op
 from oplog.topology import Topology
 from tests.conftest import start_dolt_server

@@ -46,11 +46,11 @@ import pytest
 from devtools.natsd import NatsServer
 from devtools.processes import PeerProcess
 from epoch.assign import Assigner, StreamMessage
-from materializer.backends.doltlite import DoltliteBackend
 from materializer.agreement.hashes import HashBoard
+from materializer.backends.doltlite import DoltliteBackend
+from materializer.commit.readahead import ReadAhead
 from materializer.plan import plan_epoch
 from materializer.prepare import prepare_op
-from materializer.commit.readahead import ReadAhead
 from oplog.stream import ensure_stream
 from oplog.topology import Topology
 from tests import hostile_corpus as hc

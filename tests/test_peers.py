@@ -17,8 +17,8 @@ import pytest
 
 from devtools.natsd import NatsServer
 from devtools.processes import PeerProcess
-from materializer.backends.doltlite import DoltliteBackend, child_env
 from materializer.agreement.hashes import HashBoard
+from materializer.backends.doltlite import DoltliteBackend, child_env
 from oplog.op import Op
 from oplog.topology import Topology
 from tests.support import config, connected, lww_reference, publish_batch, read_db, seal, setup_db, wall

@@ -19,12 +19,10 @@ import pytest
 from nats.js import JetStreamContext
 
 from devtools.natsd import NatsServer
-from oplog.codec import canonical_bytes, decode_batch, decode_op
+from oplog.codec import canonical_bytes, decode_batch, decode_op, encode_op
 from oplog.errors import InvalidOp, OversizeOp, PublishError
 from oplog.hlc import HybridLogicalClock
-from oplog.op import Op
-from oplog.codec import encode_op
-from oplog.op import _OpIds
+from oplog.op import Op, _OpIds
 from oplog.producer import Producer, ProducerConfig
 from oplog.receipts import Receipt, ReceiptFuture, make_receipt
 from oplog.stream import ensure_stream

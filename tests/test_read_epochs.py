@@ -12,6 +12,7 @@ import pytest
 from devtools.natsd import NatsServer
 from epoch.config import Timeline
 from materializer.backends.base import Backend
+from materializer.plan import TableChange, TableWrites
 from materializer.read.epochs import (
     EpochNotCommitted,
     RowChange,
@@ -23,10 +24,9 @@ from materializer.read.epochs import (
 from oplog.hlc import HybridLogicalClock
 from oplog.op import Op
 from oplog.producer import Producer, ProducerConfig
+from oplog.schema import TableSchema
 from oplog.topology import Topology
 from tests.support import BackendFactory, InProcessPeer, config, connected, publish_batch, seal, setup_db, wall
-from materializer.plan import TableChange, TableWrites
-from oplog.schema import TableSchema
 from tests.test_backend_contract import END_MS, HISTORY, plan
 
 pytestmark = pytest.mark.integration

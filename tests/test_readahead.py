@@ -13,8 +13,8 @@ import pytest
 from epoch.assign import Assigner, SealedEpoch, StreamMessage
 from epoch.config import DatabaseConfig
 from materializer.backends.doltlite import DoltliteBackend
-from materializer.plan import plan_epoch
 from materializer.commit.readahead import ReadAhead
+from materializer.plan import plan_epoch
 from materializer.strategy import RowState
 from oplog.codec import canonical_bytes, decode_record
 from oplog.op import OpRecord

@@ -16,9 +16,9 @@ import pytest
 from devtools.natsd import NatsServer
 from epoch.assign import Assigner, StreamMessage
 from epoch.config import Roster
-from materializer.agreement.verdict import Verdict, judge
 from materializer.agreement.divergence import DivergenceWatch, verified_snapshot
 from materializer.agreement.hashes import HashBoard
+from materializer.agreement.verdict import Verdict, judge
 from materializer.bootstrap.snapshots import SnapshotInfo, SnapshotPolicy, SnapshotStore
 from oplog.stream import ensure_stream
 from oplog.topology import Topology

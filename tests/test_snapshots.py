@@ -8,8 +8,8 @@ import pytest
 
 from devtools.natsd import NatsServer
 from materializer.backends.doltlite import DoltliteBackend
-from materializer.commit.loop import Materializer
 from materializer.bootstrap.snapshots import SnapshotPolicy
+from materializer.commit.loop import Materializer
 from oplog.op import Op
 from oplog.topology import Topology
 from tests.support import config, connected, publish_batch, seal, setup_db, wall

@@ -156,8 +156,9 @@ class DoltliteFile:
 class _DoltliteReader(CommitReader):
     def __init__(self, location: DoltliteFile) -> None:
         super().__init__(location.describe())
-        import doltlite  # noqa: F401  (before sqlite3, as everywhere)
         import sqlite3
+
+        import doltlite  # noqa: F401  (before sqlite3, as everywhere)
 
         self._errors = sqlite3.Error
         path = location.path

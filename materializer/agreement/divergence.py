@@ -19,10 +19,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from materializer.agreement.verdict import Judgement, Verdict, judge, majority
-from materializer.errors import Divergence
 from materializer.agreement.hashes import HashBoard
+from materializer.agreement.verdict import Judgement, Verdict, judge, majority
 from materializer.bootstrap.snapshots import SnapshotInfo, SnapshotStore
+from materializer.errors import Divergence
 
 
 @dataclass

@@ -22,10 +22,9 @@ canonical text for the same reason, with the text beside it.
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import pymysql
-
-from typing import Any
 
 from materializer.backends.sql import Dialect
 from materializer.errors import BackendError, TransientBackendError

@@ -22,15 +22,15 @@ from nats.js import JetStreamContext
 from epoch.assign import NO_EPOCH, Assigner, SealedEpoch
 from epoch.config import Timeline, seal_ceiling
 from materializer.backends.base import Backend
+from materializer.bootstrap.genesis import ensure_genesis, fetch_genesis
+from materializer.bootstrap.snapshots import SnapshotInfo, SnapshotPolicy, SnapshotStore
+from materializer.commit.readahead import ReadAhead
+from materializer.commit.reader import StreamReader
 from materializer.errors import GenesisError, RetentionGap
 from materializer.faults import FaultPoints
-from materializer.bootstrap.genesis import ensure_genesis, fetch_genesis
 from materializer.metadata import checkpoint_due, checkpoint_meta
 from materializer.plan import plan_epoch
 from materializer.prepare import prepare_op
-from materializer.commit.readahead import ReadAhead
-from materializer.commit.reader import StreamReader
-from materializer.bootstrap.snapshots import SnapshotInfo, SnapshotPolicy, SnapshotStore
 from oplog.logcontext import in_epoch
 from oplog.op import OpRecord
 from oplog.schema import TableSchema

@@ -31,8 +31,8 @@ from typing import IO, Any
 import orjson
 from pydantic import ValidationError
 
-from oplog.errors import OplogError, PublishError
 from oplog.codec import encode_op
+from oplog.errors import OplogError, PublishError
 from oplog.producer import BATCH_OVERHEAD, Producer
 from oplog.receipts import Receipt, ReceiptFuture
 from oplog.schema import SchemaMessage
