@@ -12,11 +12,13 @@ from nats.js.errors import NotFoundError
 from oplog.topology import Topology
 
 
-def stream_config(topology: Topology) -> StreamConfig:
+def stream_config(topology: Topology, *, name: str | None = None, subjects: str | None = None) -> StreamConfig:
+    """The database's stream (or, with ``name`` and ``subjects``, another stream of the
+    database under the same limits: the change feed's)."""
     limits = topology.limits
     return StreamConfig(
-        name=topology.stream,
-        subjects=[topology.all_subjects],
+        name=name or topology.stream,
+        subjects=[subjects or topology.all_subjects],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         discard=DiscardPolicy.OLD,

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import StreamConfig
 from nats.js.errors import APIError, NotFoundError
 
 from materializer.backends.base import Backend
@@ -48,6 +48,7 @@ from materializer.read.changes import EpochChanges, iter_changes
 from materializer.read.epoch_commits import HistoryGone
 from oplog.errors import OplogError
 from oplog.nats_errors import is_transient
+from oplog.stream import stream_config
 from oplog.topology import Topology
 
 # Parts: well under nats-server's default max_payload (1 MiB) and the stream's
@@ -145,17 +146,7 @@ def stored_position(stream: str, seq: int, subject: str, headers: Mapping[str, s
 def changes_stream_config(topology: Topology) -> StreamConfig:
     """The stream peers create when it is missing. An admin may create it first with other
     limits (max_age, max_bytes): peers never change an existing stream."""
-    limits = topology.limits
-    return StreamConfig(
-        name=topology.changes_stream,
-        subjects=[topology.changes_subjects],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        discard=DiscardPolicy.OLD,
-        duplicate_window=limits.duplicate_window_s,
-        max_msg_size=limits.max_msg_bytes,
-        num_replicas=limits.replicas,
-    )
+    return stream_config(topology, name=topology.changes_stream, subjects=topology.changes_subjects)
 
 
 def feed_source(backend: Backend) -> Backend | Path:

@@ -27,7 +27,8 @@ RSS_PEER_COMMAND = "_rss-peer"
 CHILD_TIMEOUT_S = 600.0
 
 
-def _vm_kb(field_name: str) -> int | None:
+def vm_kb(field_name: str) -> int | None:
+    """A ``/proc/self/status`` figure in kB (``VmRSS``, ``VmHWM``), or None off Linux."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(field_name + ":"):
@@ -38,7 +39,7 @@ def _vm_kb(field_name: str) -> int | None:
 
 
 async def _rss_child(url: str, db: str, data_dir: str, last_epoch: int, traced: bool) -> dict[str, Any]:
-    before = _vm_kb("VmHWM")
+    before = vm_kb("VmHWM")
     trace: dict[str, Any] | None = None
     if traced:
         tracemalloc.start()
@@ -47,7 +48,7 @@ async def _rss_child(url: str, db: str, data_dir: str, last_epoch: int, traced: 
         backend = DoltliteBackend(Path(data_dir) / f"{db}.db")
         run = await materialize_once(nc.jetstream(), Topology(db=db), backend, last_epoch, trace=trace)
     return {
-        "vmhwm_kb": _vm_kb("VmHWM"),
+        "vmhwm_kb": vm_kb("VmHWM"),
         "vmhwm_before_kb": before,
         "seconds": run["seconds"],
         "trace": trace,

@@ -31,22 +31,12 @@ from oplog.op import Op
 
 from .direct_epochs import genesis_backend_and_artifact, sealed_epoch
 from .options import REPO_ROOT, Sizes
+from .rss import vm_kb
 from .stats import percentile
 
 SOAK_PEER_COMMAND = "_soak-peer"
 CHILD_BASE_TIMEOUT_S = 600.0
 CHILD_TIMEOUT_PER_EPOCH_S = 0.2  # 20-40x what an epoch takes on 2 shared cores: only a hang trips it
-
-
-def vm_kb(field_name: str) -> int | None:
-    """A ``/proc/self/status`` figure in kB (``VmRSS``, ``VmHWM``), or None off Linux."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
 
 
 def disk_bytes(path: Path) -> int:
