@@ -165,13 +165,15 @@ COMMANDS: list[tuple[str, ...]] = [
     ("config", "set", "--epoch-ms", "500", "--grace-ms", "0"),
     ("publish", "--schema", "schema.json"),
     ("serve", "--name", "a", "--data-dir", "DATA"),
+    ("schema", "apply", "SCHEMA"),
 ]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c[:2]))
 def test_every_command_gives_up_on_an_unreachable_nats_with_one_line(command: tuple[str, ...], tmp_path: Path) -> None:
     (port,) = free_ports(1)  # nothing listens there
-    args = [a.replace("DATA", str(tmp_path / "data")) for a in command]
+    (tmp_path / "schema.json").write_text('{"changes": [{"op": "drop_table", "table": "x"}]}')
+    args = [a.replace("DATA", str(tmp_path / "data")).replace("SCHEMA", str(tmp_path / "schema.json")) for a in command]
     started = time.monotonic()
     done = oplog(*args, "--nats", f"nats://u:secret@127.0.0.1:{port}", "--connect-timeout", "2", "--db", "t")
     took = time.monotonic() - started
