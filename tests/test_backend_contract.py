@@ -212,6 +212,53 @@ def test_known_op_ids_stay_inside_the_dedup_horizon(peer: Callable[[str], Backen
     assert backend.known_op_ids([f"id-{i}" for i in range(1000)]) == {}
 
 
+COUNTS = TableSchema.model_validate(
+    {
+        "name": "counts",
+        "columns": [{"name": "n", "type": "integer", "nullable": False}, {"name": "v", "type": "text"}],
+        "primary_key": ["n"],
+    }
+)
+
+
+def test_lookups_find_exactly_the_keys_asked_for(peer: Callable[[str], Backend]) -> None:
+    # Reads travel in batches the engine matches on its side (an IN list, or on Dolt
+    # sql-server a JSON_TABLE join): integers past 2**53 must not round onto a
+    # neighbour, text keys and op ids differing in case, a trailing space or an accent
+    # are different keys, and a lookup of more keys than one batch holds finds them all.
+    backend = peer("p")
+    ints = [2**53, 2**53 + 1, 2**63 - 1, -(2**63), -(2**53) - 1, 0]
+    texts = ["op", "Op", "op ", "é", "e\u0301"]
+    many = [f"k{i:06d}" for i in range(12_001)]  # more than any backend's lookup batch
+    stamp = {"v": [END_MS, 0, "n", "x"]}
+    backend.commit_epoch(
+        plan(
+            0,
+            changes=create(COUNTS, USERS),
+            writes=(
+                TableWrites(COUNTS, upserts=[((n,), {"v": str(n)}, stamp) for n in ints[:3]],
+                            deletes=[((n,), {"v": f"gone {n}"}) for n in ints[3:]]),
+                TableWrites(USERS, upserts=[((t,), {"name": t, "score": 1}, stamp) for t in texts[:3] + many],
+                            deletes=[((t,), {"v": t}) for t in texts[3:]]),
+            ),
+            op_ids=tuple((t, f"d-{t}") for t in texts[:3] + many),
+        )
+    )  # fmt: skip
+    for n in ints:
+        expected = RowState({"v": str(n)}, stamp) if n in ints[:3] else RowState(None, {"v": f"gone {n}"})
+        assert backend.read_rows(COUNTS, [(n,)]) == {(n,): expected}, n
+    assert backend.read_rows(COUNTS, [(2**53 + 2,), (2**53 - 1,), (1,)]) == {}
+    for t in texts:
+        expected = RowState({"name": t, "score": 1}, stamp) if t in texts[:3] else RowState(None, {"v": t})
+        assert backend.read_rows(USERS, [(t,)]) == {(t,): expected}, t
+        assert backend.known_op_ids([t]) == ({t: f"d-{t}"} if t in texts[:3] else {}), t
+    assert backend.read_rows(USERS, [("OP",), ("o",), ("op  ",), ("e",)]) == {}
+    assert backend.known_op_ids(["OP", "o", "op  ", "é"]) == {}
+    found = backend.read_rows(USERS, [(k,) for k in many] + [("k999999",)])
+    assert sorted(found) == [(k,) for k in many]
+    assert backend.known_op_ids([*many, "k999999"]) == {k: f"d-{k}" for k in many}
+
+
 def test_tables_are_created_and_gain_nullable_columns(peer: Callable[[str], Backend], backends: BackendFactory) -> None:
     backend = peer("p")
     backend.commit_epoch(HISTORY[0])

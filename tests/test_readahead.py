@@ -144,12 +144,13 @@ def test_rows_read_under_an_older_definition_of_the_table_are_read_again(peer: P
     ahead = ReadAhead(backend)
     ahead.note(record(wire("a2", "a", 2, name="A")), backend.tables())
     ahead.fill()
-    # The seal brings a schema message that adds a column: the plan reads with it, so
-    # the rows read under the old definition (without the column) do not answer.
-    wider = TableSchema.model_validate({**USERS, "columns": [*USERS["columns"], {"name": "email", "type": "text"}]})
+    # A definition other than the one the rows were read under (here without a column:
+    # a plan only ever reads with the stored definition, so one the database can serve)
+    # does not answer from the cache: the rows are read again, in its shape.
+    narrower = TableSchema.model_validate({**USERS, "columns": USERS["columns"][:2]})
 
-    assert ahead.reader().read_rows(wider, [("a",)]) == backend.read_rows(wider, [("a",)])
-    assert "email" in ahead.reader().read_rows(wider, [("a",)])[("a",)].values
+    assert ahead.reader().read_rows(narrower, [("a",)]) == backend.read_rows(narrower, [("a",)])
+    assert set(ahead.reader().read_rows(narrower, [("a",)])[("a",)].values) == {"name"}
 
 
 def test_doltlite_reads_every_text_and_integer_type_exactly(tmp_path: Path) -> None:

@@ -45,8 +45,9 @@ from typing import Any
 import pymysql
 from pymysql.connections import Connection
 
+from materializer.backends.dialect import Row
 from materializer.backends.dolt_server_sql import DIALECT, map_error, quote, text_key_chars
-from materializer.backends.sql import FreshRoot, Row, SqlBackend
+from materializer.backends.sql import FreshRoot, SqlBackend
 from materializer.errors import BackendError, TransientBackendError
 from oplog.schema import TableSchema, format_timestamp
 

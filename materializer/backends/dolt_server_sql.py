@@ -22,11 +22,13 @@ canonical text for the same reason, with the text beside it.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
+import orjson
 import pymysql
 
-from materializer.backends.sql import Dialect
+from materializer.backends.dialect import Dialect
 from materializer.errors import BackendError, TransientBackendError
 from materializer.plan import Key, key_text
 from oplog.schema import Column, ColumnType, TableSchema
@@ -113,6 +115,10 @@ class DoltServerDialect(Dialect):
     ddl_in_transaction = False  # MySQL DDL commits the transaction implicitly
     # Dolt serves IN lists of ~100 keys fastest (measured 20-35 vs 60-130 µs per key at 400).
     read_chunk = 100
+    lookup_chunk = 5_000  # keys per JSON_TABLE lookup (match): about 10 µs a key, a 5 MB statement at most
+    op_id_type = "VARCHAR(200)"
+    tombstone_table_type = "VARCHAR(64)"
+    tombstone_id_type = "CHAR(64)"
     internal_ddl = INTERNAL_DDL
     tombstone_columns = ("tbl", "pk_hash", "pk", "meta")
     tombstone_id_column = "pk_hash"
@@ -133,6 +139,25 @@ class DoltServerDialect(Dialect):
             return f"{quote(pk[0])} IN ({', '.join('?' * count)})"
         one = "(" + " AND ".join(f"{quote(c)} = ?" for c in pk) + ")"
         return " OR ".join([one] * count)
+
+    def match(
+        self, source: str, columns: Sequence[tuple[str, str]], keys: Sequence[Sequence[Any]], fixed: Sequence[Any] = ()
+    ) -> tuple[str, list[Any]]:
+        """The keys as one JSON parameter, a ``JSON_TABLE`` joined to ``source`` on its key.
+
+        Dolt serves an ``IN`` list in time that grows faster than its length (10,000 keys:
+        9.5 s in one list, 0.40 s in lists of 100), and a row-constructor ``IN`` by a scan.
+        The join is one statement with one parameter, served from the primary index: 0.1 s
+        for 10,000 keys, alike in tables of 20,000 and 200,000 rows. Every key part travels
+        as a JSON *string* that the column's own type converts: Dolt reads a JSON number as
+        a double, which would round an integer past 2**53 (to another key's row).
+        """
+        spec = ", ".join(f"k{i} {sql_type} PATH '$[{i}]'" for i, (_, sql_type) in enumerate(columns))
+        on = " AND ".join(f"t.{quote(name)} = j.k{i}" for i, (name, _) in enumerate(columns))
+        lead = [str(part) for part in fixed]
+        rows = [[*lead, *(str(part) for part in key)] for key in keys]
+        source_sql = f"FROM JSON_TABLE(?, '$[*]' COLUMNS({spec})) AS j JOIN {source} AS t ON {on}"
+        return source_sql, [orjson.dumps(rows).decode()]
 
     def tombstone_id(self, key: Key) -> str:
         return key_hash(key)

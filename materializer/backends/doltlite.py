@@ -33,7 +33,8 @@ import doltlite  # noqa: F401  (must precede sqlite3)
 import orjson
 
 from materializer.backends.base import MAX_KEY_INTEGER
-from materializer.backends.sql import Dialect, FreshRoot, Row, SqlBackend
+from materializer.backends.dialect import Dialect, Row
+from materializer.backends.sql import FreshRoot, SqlBackend
 from materializer.errors import BackendError, TransientBackendError
 from materializer.plan import EpochPlan, Key, key_text
 from oplog.schema import Column, ColumnType, TableSchema
@@ -67,6 +68,8 @@ class DoltliteDialect(Dialect):
     meta_type = "TEXT"
     ddl_in_transaction = True
     read_chunk = 4000  # one result value per query (see DoltliteBackend._select)
+    lookup_chunk = 4000
+    op_id_type = tombstone_table_type = tombstone_id_type = "TEXT"
     internal_ddl = (
         """CREATE TABLE oplog_epochs (epoch INTEGER PRIMARY KEY, first_epoch INTEGER NOT NULL,
            seal_seq INTEGER NOT NULL, resume_seq INTEGER NOT NULL, end_ms INTEGER NOT NULL,

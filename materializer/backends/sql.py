@@ -3,7 +3,7 @@
 A backend is a Dolt database behind some SQL engine (doltlite's SQLite dialect, Dolt
 sql-server's MySQL dialect). What differs between engines is small, and named here:
 
-* a :class:`Dialect` — how a statement is spelled: identifier quoting, column types, the
+* a :class:`~materializer.backends.dialect.Dialect` — how a statement is spelled: identifier quoting, column types, the
   upsert verb, how a set of primary keys is matched, how a tombstone is keyed, whether DDL
   can run inside the transaction, how Dolt's procedures are called;
 * a few I/O primitives each backend implements (:class:`SqlBackend`'s abstract methods):
@@ -19,7 +19,7 @@ otherwise translates them in its primitives.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from itertools import chain
@@ -28,12 +28,12 @@ from typing import Any, Protocol
 import orjson
 
 from materializer.backends.base import META_COLUMN, Backend
+from materializer.backends.dialect import Dialect, Row
 from materializer.metadata import EPOCH_MESSAGE_PREFIX, CommitMeta
-from materializer.plan import EpochPlan, EpochRow, Key, TableChange, TableWrites
-from materializer.schema_change import Added
+from materializer.plan import EpochPlan, EpochRow, Key, TableWrites
 from materializer.strategy import RowState
 from oplog.codec import canonical_json
-from oplog.schema import Column, ColumnType, DropColumn, RenameColumn, TableSchema
+from oplog.schema import ColumnType, TableSchema
 
 EPOCH_COLUMNS = ("epoch", "first_epoch", "seal_seq", "resume_seq", "end_ms", "applied", "rejected", "duplicates",
                  "late", "digest")  # fmt: skip
@@ -41,88 +41,6 @@ SCHEMA_CACHE = 1024  # parsed table definitions kept per backend
 # The bookkeeping tables a genesis creates (Dialect.internal_ddl), in a fixed order.
 INTERNAL_TABLES = ("oplog_epochs", "oplog_rejections", "oplog_op_ids", "oplog_tables", "oplog_config",
                    "oplog_tombstones")  # fmt: skip
-
-Row = Sequence[Any]
-
-
-class Dialect(ABC):
-    """How one SQL engine spells what :class:`SqlBackend` does. Pure: no I/O."""
-
-    name: str
-    upsert: str  # the statement that inserts a row or replaces the one with its key
-    call: str  # how a Dolt procedure is invoked (``SELECT dolt_commit(…)`` or ``CALL dolt_commit(…)``)
-    head_sql: str  # the hash of HEAD
-    meta_type: str  # the SQL type of the strategy-meta column
-    table_options: str = ""  # appended to CREATE TABLE
-    ddl_in_transaction: bool  # False: DDL commits implicitly, so it runs before the transaction
-    read_chunk: int  # keys per lookup statement
-    max_variables: int = 32_766  # bound parameters per statement
-    internal_ddl: tuple[str, ...]  # the bookkeeping tables, created by the genesis
-    tombstone_columns: tuple[str, ...]  # oplog_tombstones' columns, in insert order
-    tombstone_id_column: str  # the column that identifies a tombstone inside its table
-
-    @abstractmethod
-    def quote(self, name: str) -> str:
-        """``name`` as an identifier."""
-
-    @abstractmethod
-    def column_type(self, table: TableSchema, column: Column) -> str:
-        """The SQL type that stores ``column`` of ``table``."""
-
-    @abstractmethod
-    def keys_where(self, table: TableSchema, count: int) -> str:
-        """A condition matching ``count`` primary keys, with ``?`` per key part, in key order."""
-
-    @abstractmethod
-    def tombstone_id(self, key: Key) -> str:
-        """The value of :attr:`tombstone_id_column` for ``key``."""
-
-    @abstractmethod
-    def tombstone_row(self, table: str, key: Key, meta: str) -> tuple[Any, ...]:
-        """The oplog_tombstones row of a deleted ``key`` (in :attr:`tombstone_columns` order)."""
-
-    def create_table_sql(self, table: TableSchema) -> str:
-        quote = self.quote
-        columns = [f"{quote(c.name)} {self.column_type(table, c)}{'' if c.nullable else ' NOT NULL'}" for c in table.columns]
-        columns.append(f"{quote(META_COLUMN)} {self.meta_type} NOT NULL")
-        pk = ", ".join(quote(c) for c in table.primary_key)
-        return f"CREATE TABLE {quote(table.name)} ({', '.join(columns)}, PRIMARY KEY ({pk})){self.table_options}"
-
-    def table_change_sql(self, change: TableChange) -> list[str]:
-        """The DDL of one table change (:class:`~materializer.schema_change.TableChange`).
-
-        A new table; a dropped one; a rebuilt one (a column retyped: dropped and created
-        anew from the new schema, the plan then writes every row); or its columns' steps
-        in order: ``ADD``, ``DROP`` and ``RENAME COLUMN``, which both engines spell alike
-        (doltlite 0.51 has SQLite's ``DROP COLUMN`` and ``RENAME COLUMN``).
-        """
-        quote = self.quote
-        before, after = change.before, change.after
-        if after is None:
-            assert before is not None
-            return [f"DROP TABLE {quote(before.name)}"]
-        if before is None:
-            return [self.create_table_sql(after)]
-        name = quote(after.name)
-        if change.rebuild:
-            return [f"DROP TABLE {name}", self.create_table_sql(after)]
-        if not change.steps:  # columns added only
-            known = {c.name for c in before.columns}
-            steps: tuple[object, ...] = tuple(Added(c) for c in after.columns if c.name not in known)
-        else:
-            steps = change.steps
-        sql = []
-        for step in steps:
-            if isinstance(step, Added):
-                sql.append(f"ALTER TABLE {name} ADD COLUMN {quote(step.column.name)} {self.column_type(after, step.column)}")
-            elif isinstance(step, DropColumn):
-                sql.append(f"ALTER TABLE {name} DROP COLUMN {quote(step.column)}")
-            elif isinstance(step, RenameColumn):
-                sql.append(f"ALTER TABLE {name} RENAME COLUMN {quote(step.column)} TO {quote(step.to)}")
-            else:  # a retype makes the change a rebuild
-                raise AssertionError(f"{step!r} in a table change that is not a rebuild")
-        return sql
-
 
 class FreshRoot(Protocol):
     """A new history on the genesis, being filled from this database's current state."""
@@ -210,27 +128,33 @@ class SqlBackend(Backend):
         pk = table.primary_key
         width = len(pk)
         value_cols = [c.name for c in table.value_columns]
-        columns = ", ".join(d.quote(c) for c in (*pk, *value_cols, META_COLUMN))
         # Text and integers survive JSON exactly; floats and bytes may not.
         exact = all(c.type not in (ColumnType.FLOAT, ColumnType.BYTES) for c in table.value_columns)
         # Most epochs of most tables delete nothing: one probe spares a lookup per chunk.
         tombstones = bool(self._query("SELECT 1 FROM oplog_tombstones WHERE tbl = ? LIMIT 1", (table.name,)))
         loads = orjson.loads
-        per = max(1, min(d.read_chunk, (d.max_variables - 1) // width))
+        key_columns = [(name, d.column_type(table, table.column(name))) for name in pk]  # type: ignore[arg-type]
+        tombstone_columns = [("tbl", d.tombstone_table_type), (d.tombstone_id_column, d.tombstone_id_type)]
+        qualified = ", ".join("t." + d.quote(c) for c in (*pk, *value_cols, META_COLUMN))
+        per = max(1, min(d.lookup_chunk, (d.max_variables - 1) // width))
         for start in range(0, len(keys), per):
             chunk = keys[start : start + per]
-            where = d.keys_where(table, len(chunk))
-            for row in self._select(columns, f"FROM {d.quote(table.name)} WHERE {where}", list(chain(*chunk)), exact):
-                values = dict(zip(value_cols, row[width:-1], strict=True))
-                result[tuple(row[:width])] = _row_state(RowState, (values, loads(row[-1])))
+            asked = set(chunk)
+            source, params = d.match(d.quote(table.name), key_columns, chunk)
+            for row in self._select(qualified, source, params, exact):
+                key = tuple(row[:width])
+                if key in asked:
+                    values = dict(zip(value_cols, row[width:-1], strict=True))
+                    result[key] = _row_state(RowState, (values, loads(row[-1])))
             # A key is a row or a tombstone, never both: only the keys not found can be tombstones.
             missing = {d.tombstone_id(key): key for key in chunk if key not in result} if tombstones else {}
             if not missing:
                 continue
-            marks = ", ".join("?" * len(missing))
-            rest = f"FROM oplog_tombstones WHERE tbl = ? AND {d.tombstone_id_column} IN ({marks})"
-            for tombstone_id, meta in self._select(f"{d.tombstone_id_column}, meta", rest, [table.name, *missing], True):
-                result[missing[tombstone_id]] = _row_state(RowState, (None, loads(meta)))
+            source, params = d.match("oplog_tombstones", tombstone_columns, [(i,) for i in missing], (table.name,))
+            for tombstone_id, meta in self._select(f"t.{d.tombstone_id_column}, t.meta", source, params, True):
+                key = missing.get(tombstone_id)
+                if key is not None:
+                    result[key] = _row_state(RowState, (None, loads(meta)))
         return result
 
     def scan_rows(self, table: TableSchema) -> dict[Key, RowState]:
@@ -254,11 +178,15 @@ class SqlBackend(Backend):
 
     def known_op_ids(self, ids: list[str]) -> dict[str, str]:
         found: dict[str, str] = {}
-        per = self.dialect.read_chunk
+        d = self.dialect
+        columns = [("id", d.op_id_type)]
+        per = max(1, min(d.lookup_chunk, d.max_variables))
         for start in range(0, len(ids), per):
             chunk = ids[start : start + per]
-            marks = ", ".join("?" * len(chunk))
-            found.update(self._select("id, digest", f"FROM oplog_op_ids WHERE id IN ({marks})", chunk, True))
+            source, params = d.match("oplog_op_ids", columns, [(i,) for i in chunk])
+            asked = set(chunk)
+            rows = self._select("t.id, t.digest", source, params, True)
+            found.update((i, digest) for i, digest in rows if i in asked)
         return found
 
     def table_hash(self, table: str) -> str:
