@@ -3,12 +3,18 @@ fresh ``users`` table, one ``executemany`` in one transaction and one Dolt commi
 
 Each function takes a DB-API cursor (sqlite3 on a doltlite file, or pymysql on a sql-server)
 and times only the insert and its commit, not the table's creation.
+
+:func:`floor_into_doltlite` is the second baseline: the least a peer must do for the same ops
+in the stored format, in Python, with nothing else (see its docstring).
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any
+
+import orjson
 
 from devtools.demo import TABLE, USERS_TABLE
 from materializer.backends import dolt_server_sql, doltlite
@@ -57,3 +63,44 @@ def into_dolt_server(cur: Any, database: str, rows: list[tuple[Any, ...]]) -> fl
                             dolt_commit="CALL DOLT_COMMIT('-A', '--author', %s, '--date', %s, '-m', 'raw')")  # fmt: skip
     _check_count(cur, table, rows)
     return seconds
+
+
+def floor_into_doltlite(cur: Any, payloads: list[tuple[int, bytes]]) -> float:
+    """Seconds for the work the stored format itself asks of a peer, for the ops in ``payloads``
+    (batch messages, each with its epoch).
+
+    That is: decode each batch message, hash each op's canonical bytes (its digest, which
+    ``oplog_op_ids`` stores and the dedup compares), render each row's meta (the winning
+    stamp, as canonical JSON), then insert the ``users`` rows and the ``oplog_op_ids`` rows
+    (with their epoch index) in one transaction and one Dolt commit. Nothing else: no
+    validation, no HLC order, no fold, no reads, one commit for all epochs. Demo upserts of
+    unique keys only (what :func:`devtools.bench.streams.prefill` writes). The figure bounds
+    from below what any per-op Python materializer of this format can reach here.
+    """
+    dialect = doltlite.DIALECT
+    cur.execute(dialect.create_table_sql(USERS_TABLE))
+    for ddl in dialect.internal_ddl:
+        if "oplog_op_ids" in ddl:
+            cur.execute(ddl)
+    cur.execute("SELECT dolt_commit('-A', '--author', ?, '--date', ?, '-m', 'schema')", (AUTHOR, "2000-01-01"))
+    table = doltlite.quote(TABLE)
+    sort_keys, sha256, loads, dumps = orjson.OPT_SORT_KEYS, hashlib.sha256, orjson.loads, orjson.dumps
+    t0 = time.perf_counter()
+    cur.execute("BEGIN IMMEDIATE")
+    for epoch, payload in payloads:
+        rows, ids = [], []
+        for op in loads(payload)["ops"]:
+            digest = sha256(dumps(op, option=sort_keys)).hexdigest()
+            data = op["data"]
+            rows.append((op["key"][0], data["name"], data["score"], dumps({"v": [*op["hlc"], op["id"]]}).decode()))
+            ids.append((op["id"], digest, epoch))
+        cur.executemany(f"INSERT INTO {table} VALUES (?, ?, ?, ?)", rows)
+        cur.executemany("INSERT INTO oplog_op_ids (id, digest, epoch) VALUES (?, ?, ?)", ids)
+    cur.execute("SELECT dolt_commit('-A', '--author', ?, '--date', ?, '-m', 'floor')", (AUTHOR, "2000-01-02"))
+    cur.execute("COMMIT")
+    seconds = time.perf_counter() - t0
+    cur.execute(f"SELECT COUNT(*) FROM {table}")
+    (count,) = cur.fetchone()
+    assert count == sum(len(loads(p)["ops"]) for _, p in payloads), count
+    return seconds
+

@@ -47,17 +47,28 @@ async def init_demo(js: JetStreamContext, topology: Topology) -> None:
     await publish_schema(js, topology, USERS)
 
 
+def epoch_wires(ops: int, epochs: int, rng: random.Random) -> list[list[dict[str, Any]]]:
+    """The raw ops of :func:`prefill`, epoch by epoch (the same ops for the same ``rng`` state)."""
+    per = ops // epochs
+    return [
+        [wire_upsert(epoch * per + i, epoch, rng) for i in range(per if epoch < epochs - 1 else ops - per * (epochs - 1))]
+        for epoch in range(epochs)
+    ]
+
+
+def payloads(ops: int, epochs: int, rng: random.Random, per_msg: int = 1000) -> list[tuple[int, bytes]]:
+    """:func:`prefill`'s batch messages, as (epoch, bytes)."""
+    return [(epoch, payload_of(wires[s : s + per_msg])) for epoch, wires in enumerate(epoch_wires(ops, epochs, rng))
+            for s in range(0, len(wires), per_msg)]  # fmt: skip
+
+
 async def prefill(
     js: JetStreamContext, topology: Topology, ops: int, epochs: int, rng: random.Random, *, per_msg: int = 1000
 ) -> int:
     """init + schema, then ``ops`` unique-row upserts spread over epochs 0..epochs-1, each sealed."""
     await init_demo(js, topology)
-    per = ops // epochs
     last = 0
-    for epoch in range(epochs):
-        n = per if epoch < epochs - 1 else ops - per * (epochs - 1)
-        base = epoch * per
-        wires = [wire_upsert(base + i, epoch, rng) for i in range(n)]
+    for epoch, wires in enumerate(epoch_wires(ops, epochs, rng)):
         await publish_wires(js, topology, wires, per_msg)
         last = await seal(js, topology, epoch)
     return last
