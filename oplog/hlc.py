@@ -78,6 +78,27 @@ class HybridLogicalClock:
                 self._bump_logical()
             return HLC(self._wall, self._logical, self.node)
 
+    def now_many(self, n: int) -> HLC:
+        """Stamp ``n`` local events at once, under one lock; the first of their stamps.
+
+        The stamps are ``(wall_ms, first.logical + i, node)`` for ``i`` in ``range(n)``:
+        exactly what ``n`` calls of :meth:`now` return while the physical clock stands
+        still, and the clock is left where those calls leave it. Raises
+        :class:`ClockError` (the clock unchanged) if the logical part would overflow.
+        """
+        if n < 1:
+            raise ValueError(f"now_many stamps at least one event, not {n}")
+        with self._lock:
+            physical = self._now_ms()
+            if physical > self._wall:
+                wall, first = physical, 0
+            else:
+                wall, first = self._wall, self._logical + 1
+            if first + n - 1 > MAX_LOGICAL:
+                raise ClockError("HLC logical counter overflow; the wall clock is not advancing")
+            self._wall, self._logical = wall, first + n - 1
+            return HLC(wall, first, self.node)
+
     def receive(self, remote: HLC | tuple[int, int, str]) -> HLC:
         """Merge a timestamp seen from another node (the receive rule).
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import struct
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -323,6 +324,10 @@ def wire_dict(op_id: str, hlc: list[Any], table: str, key: tuple[Any, ...], kind
     return wire
 
 
+_ID_RUN = 256
+_ID_PACKER = struct.Struct(">" + "12sI" * _ID_RUN)  # _ID_RUN ids: 12 prefix bytes, a 32-bit counter
+
+
 class _OpIds:
     """Unique op ids, 32 hex characters like ``uuid4().hex``, about 10x cheaper.
 
@@ -345,6 +350,26 @@ class _OpIds:
             n = next(self._counter)
         return f"{self._prefix}{n:08x}"
 
+    def next_many(self, n: int) -> list[str]:
+        """``n`` new ids, as ``n`` calls of :meth:`next` would give, in under half the time.
+
+        The counter values are taken in one C call (no other thread takes one between
+        them). The ids are made 256 at a time: ``struct`` packs prefix and counter
+        bytes, and ``bytes.hex`` writes them with a space after every id's 16 bytes."""
+        if n <= 0:
+            return []
+        prefix, last = self._prefix, next(itertools.islice(self._counter, n - 1, None))
+        if last > 0xFFFFFFFF:
+            return [self.next() for _ in range(n)]  # the counter wraps inside: one at a time
+        raw, ids, first = bytes.fromhex(prefix), [], last - n + 1
+        values = [raw] * (2 * _ID_RUN)
+        for start in range(first, last + 1, _ID_RUN):
+            m = min(_ID_RUN, last + 1 - start)
+            values[1 : 2 * m : 2] = range(start, start + m)
+            packer = _ID_PACKER if m == _ID_RUN else struct.Struct(">" + "12sI" * m)
+            ids += packer.pack(*values[: 2 * m]).hex(" ", 16).split(" ")
+        return ids
+
 
 _op_ids = _OpIds()
 
@@ -352,3 +377,8 @@ _op_ids = _OpIds()
 def new_op_id() -> str:
     """A new unique op id (32 hex characters)."""
     return _op_ids.next()
+
+
+def new_op_ids(n: int) -> list[str]:
+    """``n`` new unique op ids (as :func:`new_op_id` gives, made in one go)."""
+    return _op_ids.next_many(n)

@@ -4,7 +4,9 @@
 resolves once JetStream has acknowledged the message holding the op;
 ``await producer.submit(op)`` does both, and ``await producer.publish_many(ops)``
 publishes a list and returns its receipts in one await. ``make_op`` stamps an op with
-the producer's HLC (unless an explicit ``hlc`` is given, as when replaying a log).
+the producer's HLC (unless an explicit ``hlc`` is given, as when replaying a log);
+``make_ops`` stamps, checks and encodes many rows of one table at once
+(:mod:`oplog.opbatch`), and ``publish_many`` then only sends them.
 
 Messages are cut per table when ``max_batch_ops`` ops or ``max_batch_bytes`` bytes are
 queued, or ``linger_ms`` after the first op queued, and at most ``max_inflight_batches``
@@ -32,7 +34,6 @@ from the stream (:mod:`oplog.epochs`, decisions.md #39) and owns the connection,
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import socket
@@ -40,44 +41,21 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from nats.js import JetStreamContext
-from pydantic import BaseModel, ConfigDict, Field
 
-from oplog.codec import decode_op, encode_op
+from oplog.codec import encode_op
 from oplog.connection import NatsOptions
 from oplog.connection import connect as connect_nats
 from oplog.epochs import EpochTracker
-from oplog.errors import CodecError, InvalidOp, OversizeOp, PublishError
+from oplog.errors import PublishError
 from oplog.hlc import HLC, HybridLogicalClock
 from oplog.nats_errors import TRANSIENT, RetryPolicy
-from oplog.op import Op, OpKind, fast_op, new_op_id
+from oplog.op import Op, OpKind, new_op_id
+from oplog.opbatch import OpBatch, build_op, make_batch, message_id, oversize
+from oplog.producer_config import BATCH_OVERHEAD, ProducerConfig
 from oplog.receipts import ACKED, BATCH_TAIL, FAILED, Batch, CallbackRunner, Receipt, ReceiptFuture, Receipts
 from oplog.topology import StreamLimits, Topology
 
-BATCH_OVERHEAD = 32
-
 logger = logging.getLogger(__name__)
-
-
-class ProducerConfig(BaseModel):
-    """How a producer batches and retries.
-
-    A message is cut at ``max_batch_ops`` ops or ``max_batch_bytes`` bytes, or
-    ``linger_ms`` after its first op; at most ``max_inflight_batches`` messages await
-    their acknowledgement at once (more do not go faster on one connection, and each
-    holds its payload in memory). An attempt waits ``ack_timeout_s`` for its ack and is
-    repeated up to ``retries`` times, ``retry_backoff_s`` doubling between attempts.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    linger_ms: float = Field(5.0, ge=0)
-    max_batch_ops: int = Field(1000, ge=1)
-    max_batch_bytes: int = Field(512 * 1024, gt=BATCH_OVERHEAD)
-    max_inflight_batches: int = Field(16, ge=1)
-    ack_timeout_s: float = Field(5.0, gt=0)
-    retries: int = Field(3, ge=0)
-    retry_backoff_s: float = Field(0.2, ge=0)
-
 
 
 class Producer:
@@ -193,22 +171,23 @@ class Producer:
             stamp = list(hlc)
             # An explicit stamp is still observed, so our own later stamps order after it.
             self.clock.receive(tuple(hlc))  # type: ignore[arg-type]
-        raw = {
-            "id": op_id or new_op_id(),
-            "hlc": stamp,
-            "table": table,
-            "key": key,
-            "kind": kind.value if isinstance(kind, OpKind) else kind,
-        }
-        if data is not None:
-            raw["data"] = data
-        op = fast_op(raw)  # the validated fast path; decode_op words the error otherwise
-        if op is not None:
-            return op
-        try:
-            return decode_op(raw)
-        except CodecError as e:
-            raise InvalidOp(f"{e}; nothing was published") from None
+        kind = kind.value if isinstance(kind, OpKind) else kind
+        return build_op(op_id or new_op_id(), stamp, table, key, kind, data)
+
+    def make_ops(self, table: str, kind: OpKind | str, rows: Iterable[tuple[Any, dict[str, Any] | None]]) -> OpBatch:
+        """Validate, stamp and encode one op per ``(key, data)`` row, all of ``table`` and ``kind``.
+
+        The fast way to publish many ops: pass the :class:`~oplog.opbatch.OpBatch` to
+        :meth:`publish_many`. Each op is what ``make_op(table, key, kind, data)`` would
+        make (new id, an HLC stamp of this producer; ``data`` None for none), encoded to
+        the same bytes, but the clock is read once for all of them (one wall time,
+        consecutive logical counters) and no :class:`Op` object is built. Raises what
+        ``make_op`` and then ``publish_many`` would for the first bad row
+        (:class:`InvalidOp`, prefixed ``row <i>:``, or :class:`OversizeOp`), and then
+        nothing is made; :class:`ClockError` if the clock cannot stamp them.
+        """
+        return make_batch(table, kind, rows, clock=self.clock, max_ops=self._max_ops, op_limit=self._op_limit,
+                          batch_limit=self._batch_limit)  # fmt: skip
 
     async def submit(self, op: Op) -> Receipt:
         """Queue ``op`` and wait for the stream to acknowledge it."""
@@ -224,17 +203,22 @@ class Producer:
             raise PublishError("the producer is closed")
         return ReceiptFuture(self._append(op, encode_op(op)), op)
 
-    async def publish_many(self, ops: Iterable[Op]) -> Receipts:
+    async def publish_many(self, ops: Iterable[Op] | OpBatch) -> Receipts:
         """Publish ``ops`` and return their receipts, in order, in one await.
 
-        Every op is checked before any is queued, so an :class:`InvalidOp` or
-        :class:`OversizeOp` means nothing was published. The ops' batches are sent at
-        once (no linger). Raises :class:`PublishError` if a message was not acknowledged;
-        the other messages may be in the stream, and publishing all ``ops`` again with
-        the same ids is safe.
+        ``ops`` is a list (any iterable) of ops, or what :meth:`make_ops` made, whose
+        messages are sent as they were made. Every op is checked before any is queued,
+        so an :class:`InvalidOp` or :class:`OversizeOp` means nothing was published. The
+        ops' batches are sent at once (no linger). Raises :class:`PublishError` if a
+        message was not acknowledged; the other messages may be in the stream, and
+        publishing all ``ops`` again with the same ids is safe.
         """
         if self._closed:
             raise PublishError("the producer is closed")
+        if type(ops) is OpBatch:
+            if ops.limits == (self._max_ops, self._op_limit, self._batch_limit):
+                return await self._publish_made(ops)
+            ops = ops.ops()  # made by a producer with other limits: cut again, as ops
         ops = list(ops)
         # Encode everything first, so that a bad op raises before any op is queued, into
         # one buffer (see Batch.buffer), each op followed by its comma; ends[k] is where
@@ -243,7 +227,7 @@ class Producer:
         for op in ops:
             data = encode_op(op)
             if len(data) + 1 > op_limit:
-                self._check_size(op, data)  # raises, with the message
+                raise oversize(op.id, len(data) + 1, op_limit)
             encoded += data
             encoded.append(0x2C)
             ends.append(len(encoded))
@@ -268,12 +252,22 @@ class Producer:
         for batch in distinct:
             if self._open.get(batch.table) is batch:
                 self._send(batch)
-        for batch in distinct:
-            await batch.wait()
-        for batch in distinct:
-            if batch.state == FAILED:
-                raise batch.error.with_traceback(None)  # type: ignore[union-attr]
+        await _settled(distinct)
         return Receipts(ops, batches, self._epoch_of)
+
+    async def _publish_made(self, made: OpBatch) -> Receipts:
+        """Send the messages :meth:`make_ops` made, as they are; their receipts."""
+        runner = self._runner or self._start_runner()
+        distinct, batches, ids, start = [], [], made.ids, 0
+        for payload, stop, msg_id in made.messages:
+            batch = Batch(made.table, runner, self._epoch_of)
+            batch.payload, batch.msg_id, batch.ops = payload, msg_id, ids[start:stop]
+            self._start(batch)
+            distinct.append(batch)
+            batches += [batch] * (stop - start)
+            start = stop
+        await _settled(distinct)
+        return Receipts(made.stamps(), batches, self._epoch_of)
 
     async def flush(self) -> None:
         """Send everything queued and wait for all acknowledgements."""
@@ -296,19 +290,11 @@ class Producer:
             if nc is not None:
                 await _close_connection(nc)
 
-    def _check_size(self, op: Op, data: bytes) -> int:
-        size = len(data) + 1  # its separator in the message
-        if size > self._op_limit:
-            raise OversizeOp(
-                f"op {op.id!r} is {size} bytes; the limit is {self._op_limit}. Split the row or store a reference"
-            )
-        return size
-
     def _append(self, op: Op, data: bytes) -> Batch:
         """Add an encoded op to its table's open batch; the batch it went into."""
         size = len(data) + 1  # its separator in the message
         if size > self._op_limit:
-            self._check_size(op, data)  # raises, with the message
+            raise oversize(op.id, size, self._op_limit)
         batch = self._batch_with_room(op.table, size)
         buffer = batch.buffer
         buffer += data
@@ -329,11 +315,13 @@ class Producer:
             return self._open_batch(table)
         return batch
 
+    def _start_runner(self) -> CallbackRunner:
+        runner = self._runner = CallbackRunner(asyncio.get_running_loop())
+        self._window = asyncio.Semaphore(self.config.max_inflight_batches)
+        return runner
+
     def _open_batch(self, table: str) -> Batch:
-        runner = self._runner
-        if runner is None:
-            runner = self._runner = CallbackRunner(asyncio.get_running_loop())
-            self._window = asyncio.Semaphore(self.config.max_inflight_batches)
+        runner = self._runner or self._start_runner()
         batch = self._open[table] = Batch(table, runner, self._epoch_of)
         batch.timer = runner.loop.call_later(self.config.linger_ms / 1000, self._linger_over, batch)
         return batch
@@ -346,6 +334,9 @@ class Producer:
         del self._open[batch.table]
         if batch.timer is not None:
             batch.timer.cancel()
+        self._start(batch)
+
+    def _start(self, batch: Batch) -> None:
         assert self._runner is not None
         task = self._runner.loop.create_task(self._publish(batch))
         self._inflight.add(task)
@@ -367,11 +358,13 @@ class Producer:
             batch.settle(FAILED, error=failure)
 
     async def _publish_batch(self, batch: Batch) -> None:
-        batch.buffer[-1:] = BATCH_TAIL  # over the last op's comma
-        payload = bytes(batch.buffer)
-        batch.buffer = bytearray()
-        ids = "\n".join([op.id for op in batch.ops])
-        headers = {"Nats-Msg-Id": "ops-" + hashlib.sha256(ids.encode()).hexdigest()[:32]}
+        payload, msg_id = batch.payload, batch.msg_id
+        if payload is None or msg_id is None:
+            batch.buffer[-1:] = BATCH_TAIL  # over the last op's comma
+            payload = bytes(batch.buffer)
+            batch.buffer = bytearray()
+            msg_id = message_id([op.id for op in batch.ops])
+        headers = {"Nats-Msg-Id": msg_id}
         subject = self.topology.ops_subject(batch.table)
         timeout = self.config.ack_timeout_s
 
@@ -398,6 +391,15 @@ class Producer:
         )
         logger.warning("%s", message)
         batch.settle(FAILED, error=PublishError(message))
+
+
+async def _settled(batches: list[Batch]) -> None:
+    """Wait until every batch is acknowledged; raises the first failure's error."""
+    for batch in batches:
+        await batch.wait()
+    for batch in batches:
+        if batch.state == FAILED:
+            raise batch.error.with_traceback(None)  # type: ignore[union-attr]
 
 
 async def _close_connection(nc: Any) -> None:

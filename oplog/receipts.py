@@ -21,6 +21,7 @@ from oplog.op import Op
 # A message: {"v":1,"ops":[<op>,<op>,...]}; each op is copied in as it is queued.
 BATCH_HEAD, BATCH_TAIL = b'{"v":1,"ops":[', b"]}"
 
+
 @dataclass(frozen=True, slots=True)
 class Receipt:
     """Proof that an op is in the stream: where, and (if known) in which epoch."""
@@ -101,14 +102,18 @@ class CallbackRunner:
 
 
 class Batch:
-    """One message of one table: its ops, their encoded bytes, and then its outcome."""
+    """One message of one table: its ops, their encoded bytes, and then its outcome.
+
+    A message made ahead by :meth:`Producer.make_ops` arrives whole: ``payload`` and
+    ``msg_id`` are set, and ``ops`` holds its ops' ids instead of :class:`Op` objects.
+    """
 
     __slots__ = ("table", "ops", "buffer", "nbytes", "timer", "state", "seq", "duplicate", "error", "waiters", "done")
-    __slots__ += ("runner", "epoch_of")
+    __slots__ += ("runner", "epoch_of", "payload", "msg_id")
 
     def __init__(self, table: str, runner: CallbackRunner, epoch_of: Callable[[int], int] | None) -> None:
         self.table = table
-        self.ops: list[Op] = []
+        self.ops: list[Any] = []  # Op objects (ids, for a message made ahead)
         # The message as it grows. Each op's orjson output is copied in and dropped at
         # once: keeping 10^5 of them alive (a list joined at send time) fragments the
         # C heap, which made queuing an op three times slower.
@@ -123,6 +128,8 @@ class Batch:
         self.done: asyncio.Future[None] | None = None  # made only when awaited as a whole
         self.runner = runner
         self.epoch_of = epoch_of  # the producer's, for the receipts built from this batch
+        self.payload: bytes | None = None  # the whole message, when it was made ahead
+        self.msg_id: str | None = None  # its Nats-Msg-Id, likewise
 
     def settle(self, state: int, seq: int = 0, duplicate: bool = False, error: BaseException | None = None) -> None:
         if self.state != PENDING:
@@ -298,12 +305,13 @@ class Receipts(Sequence[Receipt]):
 
     Every op is acknowledged when this exists; each :class:`Receipt` is built when it
     is read, from its op and its message's acknowledgement, so that publishing 10^5 ops
-    does not also mean allocating 10^5 objects nobody may look at.
+    does not also mean allocating 10^5 objects nobody may look at. ``ops`` may be any
+    sequence of items with an ``id`` and an ``hlc`` (:meth:`OpBatch.stamps`, for one).
     """
 
     __slots__ = ("_ops", "_batches", "_epoch_of")
 
-    def __init__(self, ops: list[Op], batches: list[Batch], epoch_of: Callable[[int], int] | None) -> None:
+    def __init__(self, ops: Sequence[Any], batches: list[Batch], epoch_of: Callable[[int], int] | None) -> None:
         self._ops = ops
         self._batches = batches
         self._epoch_of = epoch_of
