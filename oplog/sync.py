@@ -27,6 +27,7 @@ from oplog.connection import NatsOptions
 from oplog.errors import PublishError
 from oplog.hlc import HLC
 from oplog.op import Op, OpKind
+from oplog.opbatch import OpBatch
 from oplog.producer import Producer, ProducerConfig
 from oplog.receipts import Receipt, ReceiptFuture
 from oplog.topology import Topology
@@ -115,6 +116,11 @@ class SyncProducer:
         """Validate and stamp an op without sending it (raises InvalidOp/ClockError)."""
         return self._producer.make_op(table, key, kind, data, op_id=op_id, hlc=hlc)
 
+    def make_ops(self, table: str, kind: OpKind | str, rows: Iterable[tuple[Any, dict[str, Any] | None]]) -> OpBatch:
+        """Validate, stamp and encode one op per ``(key, data)`` row (see :meth:`Producer.make_ops`);
+        pass the batch to :meth:`publish_many`."""
+        return self._producer.make_ops(table, kind, rows)
+
     def publish(
         self,
         table: str,
@@ -146,10 +152,12 @@ class SyncProducer:
         future: ReceiptFuture = self._producer.enqueue(op)
         return await future
 
-    def publish_many(self, ops: Iterable[Op], *, timeout: float | None = None) -> list[Receipt]:
-        """Publish ops in one call (see :meth:`Producer.publish_many`); their receipts, in order."""
+    def publish_many(self, ops: Iterable[Op] | OpBatch, *, timeout: float | None = None) -> list[Receipt]:
+        """Publish ops, or an :class:`~oplog.opbatch.OpBatch` from :meth:`make_ops`, in one
+        call (see :meth:`Producer.publish_many`); their receipts, in order."""
         self._check_open()
-        ops = list(ops)
+        if not isinstance(ops, OpBatch):  # a batch is sent as it is, already encoded
+            ops = list(ops)
 
         async def run() -> list[Receipt]:
             return list(await self._producer.publish_many(ops))

@@ -293,6 +293,9 @@ def test_the_sync_producer_blocks_until_the_receipt(nats_server: NatsServer) -> 
         assert receipt.stream_seq >= 2 and receipt.epoch == timeline.epoch_of(receipt.hlc.wall_ms)
         receipts = producer.publish_many([producer.make_op("users", f"k{i}", "upsert", {}) for i in range(500)])
         assert len(receipts) == 500 and all(r.epoch is not None for r in receipts)
+        batch = producer.make_ops("users", "upsert", [(f"b{i}", {"name": f"B{i}"}) for i in range(300)])
+        receipts = producer.publish_many(batch)
+        assert [r.op_id for r in receipts] == batch.ids and all(r.epoch is not None for r in receipts)
         assert producer.enqueue(producer.make_op("users", "u2", "delete")).result(WAIT_S).stream_seq > 0
 
         # Threads publishing at once share the producer (and its messages).

@@ -98,7 +98,7 @@ async def measure_profile(url: str, s: Sizes, work: Path, out_dir: Path, rng: ra
         del ops
         topology = Topology(db="profe2e")
         await ensure_stream(js, topology)
-        with _profiled(out_dir, "publish-e2e", result):  # make_op (stamp + validate) + enqueue + acks
+        with _profiled(out_dir, "publish-e2e", result):  # make_ops (rows, stamp, validate, encode) + publish_many + acks
             await producer_e2e(js, topology, n, s.batch_ops)
         topology = Topology(db="profmat")
         epochs = max(1, min(10, n // 10_000))
