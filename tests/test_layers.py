@@ -29,6 +29,7 @@ PURE_CORE = [
     "oplog/convert.py",
     "epoch/config.py",
     "epoch/assign.py",
+    "epoch/assigned.py",
     "materializer/plan.py",
     "materializer/prepare.py",
     "materializer/schema_change.py",
