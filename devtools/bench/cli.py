@@ -33,6 +33,7 @@ from .report import failed, print_blocks, print_profiles, render, rows_of, write
 from .rss import RSS_PEER_COMMAND, measure_rss, rss_peer_main
 from .soak import SOAK_PEER_COMMAND, measure_soak, soak_peer_main
 from .storage import measure_storage
+from .sustain import measure_sustain
 
 DESCRIPTION = "``oplog bench``: throughput, latency and the cherry-pick baseline, measured in one run."
 
@@ -70,6 +71,7 @@ async def _run(args: argparse.Namespace) -> int:
             "soak": lambda: measure_soak(s, work, args.seed),
             "storage": lambda: asyncio.to_thread(measure_storage, s, work, args.seed),
             "deployed": lambda: measure_deployed(server.url, s, work, random.Random(args.seed)),
+            "sustain": lambda: measure_sustain(server.url, s, work, random.Random(args.seed)),
         }
         for name in ALL_MEASUREMENTS:
             if name not in only:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 MEASUREMENTS = ("publish", "materialize", "contention", "latency", "cherry", "growth", "rss", "profile")
 # Long runs, only with --only: a default run stays within minutes.
-EXTRA_MEASUREMENTS = ("soak", "storage", "deployed")
+EXTRA_MEASUREMENTS = ("soak", "storage", "deployed", "sustain")
 ALL_MEASUREMENTS = MEASUREMENTS + EXTRA_MEASUREMENTS
 AUTHOR = "bench <bench@localhost>"  # of the commits the bench makes without a materializer
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +36,11 @@ class Sizes:
     soak_block: int = 1_000
     soak_checkpoint_epochs: int = 0  # 0: no checkpoints (the history grows without bound)
     storage_epochs: int = 1_000
-    deployed: dict[int, int] = field(default_factory=lambda: {1_000: 20, 10_000: 10})  # ops/epoch -> epochs
+    deployed: dict[int, int] = field(default_factory=lambda: {1_000: 20, 10_000: 10, 100_000: 3})  # ops/epoch -> epochs
+    sustain_epoch_ms: list[int] = field(default_factory=lambda: [1000, 500, 250, 100])  # run longest first
+    sustain_seconds: float = 20.0  # of publishing, per epoch length
+    sustain_rate: int = 10_000  # ops/s
+    sustain_grace_ms: int = 500  # the default of `oplog init`, whatever the epoch length
 
 
 FULL = Sizes(
@@ -70,6 +74,8 @@ QUICK = Sizes(
     soak_block=200,
     storage_epochs=300,
     deployed={1_000: 10, 10_000: 5},
+    sustain_epoch_ms=[500, 100],
+    sustain_seconds=8.0,
 )
 
 
@@ -107,6 +113,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage-epochs", type=int, help="measured epochs of the storage-by-table run")
     parser.add_argument("--deployed-sizes", type=_ints, help="ops per epoch for the 3-process latency, e.g. 1000,10000")
     parser.add_argument("--deployed-epochs", type=int, help="epochs measured per size of the 3-process latency")
+    parser.add_argument("--sustain-epoch-ms", type=_ints, help="epoch lengths (ms) of the sustain runs, e.g. 1000,500")
+    parser.add_argument("--sustain-seconds", type=float, help="seconds of publishing per sustain run")
+    parser.add_argument("--sustain-rate", type=int, help="ops/s the sustain runs publish (default 10000)")
+    parser.add_argument("--sustain-grace-ms", type=int, help="grace of the sustain databases (default 500)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (path is printed)")
     parser.add_argument("--seed", type=int, default=1)
 
@@ -117,7 +127,8 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
                  for k, v in vars(base).items()})  # fmt: skip
     for name in ("publish_ops", "batch_ops", "materialize_ops", "materialize_epochs", "cherry_m", "table_sizes",
                  "rss_ops", "profile_ops", "contention_ops", "contention_keys", "soak_epochs", "soak_ops", "soak_rows",
-                 "soak_block", "soak_checkpoint_epochs", "storage_epochs"):  # fmt: skip
+                 "soak_block", "soak_checkpoint_epochs", "storage_epochs", "sustain_epoch_ms", "sustain_seconds",
+                 "sustain_rate", "sustain_grace_ms"):  # fmt: skip
         value = getattr(args, name, None)
         if value is not None:
             setattr(s, name, value)
