@@ -121,7 +121,7 @@ def _rss_rows(rs: dict[str, Any]) -> list[Row]:
     at_100k = rs["ops_per_epoch"] == 100_000  # the target is stated for 100k ops per epoch
     return [Row(f"peer peak RSS, {rs['ops_per_epoch']:,} ops/epoch", f"{rs['peak_rss_mb']:.0f} MB",
                 f"after imports {rs['rss_after_imports_mb']:.0f} MB", "",
-                "<=300 MB" if at_100k else "", (rs["peak_rss_mb"] <= 300) if at_100k else None)]  # fmt: skip
+                "<=200 MB" if at_100k else "", (rs["peak_rss_mb"] <= 200) if at_100k else None)]  # fmt: skip
 
 
 def _contention_rows(c: dict[str, Any]) -> list[Row]:
