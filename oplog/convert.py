@@ -71,17 +71,18 @@ def _decimal_to_integer(value: str) -> int:
     number = Decimal(value)
     if number != number.to_integral_value():
         raise NotConvertible(f"{value} is not a whole number")
-    whole = int(number)
-    if abs(whole) > MAX_INTEGER:
-        raise NotConvertible(f"{value} is outside the signed 64-bit range")
-    return whole
+    return _in_range(int(number), value)
 
 
 def _text_to_integer(value: str) -> int:
     digits = value.lstrip("+-").lstrip("0")
     if not _INTEGER_TEXT.fullmatch(value) or len(digits) > _MAX_INTEGER_DIGITS:
         raise NotConvertible(f"{_shown(value)} is not an integer of at most {_MAX_INTEGER_DIGITS} digits")
-    number = int(value)
+    return _in_range(int(value), value)
+
+
+def _in_range(number: int, value: str) -> int:
+    """``number`` (read from ``value``) if an integer column can hold it."""
     if abs(number) > MAX_INTEGER:
         raise NotConvertible(f"{value} is outside the signed 64-bit range")
     return number
