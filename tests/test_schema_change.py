@@ -376,6 +376,10 @@ def test_the_rules_in_numbers() -> None:
         "refused",
         "2.5",
     ]
+    # The signed 64-bit bound of an integer column, from either side of it.
+    assert [c(T.DECIMAL, T.INTEGER, str(2**63 - 1)), c(T.DECIMAL, T.INTEGER, str(2**63)),
+            c(T.TEXT, T.INTEGER, str(-(2**63) + 1)), c(T.TEXT, T.INTEGER, str(-(2**63)))] == [
+        2**63 - 1, "refused", -(2**63) + 1, "refused"]  # fmt: skip
     assert [c(T.FLOAT, T.TEXT, 0.1), c(T.BOOLEAN, T.INTEGER, 1), c(T.BOOLEAN, T.TEXT, 0)] == ["0.1", 1, "false"]
     assert [c(T.TEXT, T.INTEGER, "-007"), c(T.TEXT, T.INTEGER, " 7"), c(T.TEXT, T.INTEGER, "٣"),
             c(T.TEXT, T.INTEGER, str(2**63))] == [-7, "refused", "refused", "refused"]  # fmt: skip
