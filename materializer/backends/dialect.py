@@ -65,15 +65,8 @@ class Dialect(ABC):
         looser than Python's): callers keep only the keys they asked for.
         """
         head = [f"t.{self.quote(name)} = ?" for name, _ in columns[: len(fixed)]]
-        rest = [self.quote(name) for name, _ in columns[len(fixed) :]]
-        if len(rest) == 1:
-            match = f"t.{rest[0]} IN ({', '.join('?' * len(keys))})"
-            params = [key[0] for key in keys]
-        else:
-            one = "(" + ", ".join("?" * len(rest)) + ")"
-            match = f"({', '.join('t.' + c for c in rest)}) IN (VALUES {', '.join([one] * len(keys))})"
-            params = list(chain.from_iterable(keys))
-        return f"FROM {source} AS t WHERE {' AND '.join((*head, match))}", [*fixed, *params]
+        match = in_list(["t." + self.quote(name) for name, _ in columns[len(fixed) :]], len(keys))
+        return f"FROM {source} AS t WHERE {' AND '.join((*head, match))}", [*fixed, *chain.from_iterable(keys)]
 
     @abstractmethod
     def tombstone_id(self, key: Key) -> str:
@@ -124,3 +117,12 @@ class Dialect(ABC):
             else:  # a retype makes the change a rebuild
                 raise AssertionError(f"{step!r} in a table change that is not a rebuild")
         return sql
+
+
+def in_list(columns: Sequence[str], count: int) -> str:
+    """SQLite's condition matching ``count`` keys of ``columns`` (already quoted), with ``?``
+    per key part in key order: ``c IN (…)``, or a row-value ``(a, b) IN (VALUES …)``."""
+    if len(columns) == 1:
+        return f"{columns[0]} IN ({', '.join('?' * count)})"
+    one = "(" + ", ".join("?" * len(columns)) + ")"
+    return f"({', '.join(columns)}) IN (VALUES {', '.join([one] * count)})"

@@ -33,7 +33,7 @@ import doltlite  # noqa: F401  (must precede sqlite3)
 import orjson
 
 from materializer.backends.base import MAX_KEY_INTEGER
-from materializer.backends.dialect import Dialect, Row
+from materializer.backends.dialect import Dialect, Row, in_list
 from materializer.backends.sql import FreshRoot, SqlBackend
 from materializer.errors import BackendError, TransientBackendError
 from materializer.plan import EpochPlan, Key, key_text
@@ -95,11 +95,7 @@ class DoltliteDialect(Dialect):
         return SQL_TYPES[column.type]
 
     def keys_where(self, table: TableSchema, count: int) -> str:
-        pk = table.primary_key
-        if len(pk) == 1:
-            return f"{quote(pk[0])} IN ({', '.join('?' * count)})"
-        one = "(" + ", ".join("?" * len(pk)) + ")"
-        return f"({', '.join(quote(c) for c in pk)}) IN (VALUES {', '.join([one] * count)})"
+        return in_list([quote(c) for c in table.primary_key], count)
 
     def tombstone_id(self, key: Key) -> str:
         return key_text(key)

@@ -3,9 +3,10 @@
 A backend is a Dolt database behind some SQL engine (doltlite's SQLite dialect, Dolt
 sql-server's MySQL dialect). What differs between engines is small, and named here:
 
-* a :class:`~materializer.backends.dialect.Dialect` — how a statement is spelled: identifier quoting, column types, the
-  upsert verb, how a set of primary keys is matched, how a tombstone is keyed, whether DDL
-  can run inside the transaction, how Dolt's procedures are called;
+* a :class:`~materializer.backends.dialect.Dialect` — how a statement is spelled:
+  identifier quoting, column types, the upsert verb, how a set of primary keys is matched,
+  how a tombstone is keyed, whether DDL can run inside the transaction, how Dolt's
+  procedures are called;
 * a few I/O primitives each backend implements (:class:`SqlBackend`'s abstract methods):
   run a statement, insert many rows, begin, abandon a failed commit, with its driver's
   errors mapped to ours at its own edge.
