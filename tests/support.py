@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
+import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from datetime import datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -237,3 +239,17 @@ def lww_reference(ops: list[Op]) -> dict[str, tuple[str | None, int | None]]:
 
 def dumps(value: Any) -> bytes:
     return orjson.dumps(value)
+
+
+@cache
+def doltlite_genesis() -> bytes:
+    """One doltlite genesis artifact, made once per test process (making one takes a
+    moment; tests that commit into many fresh files install this one)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        maker = DoltliteBackend(Path(scratch) / "genesis.db")
+        maker.open()
+        try:
+            return maker.create_genesis()
+        finally:
+            maker.close()
+

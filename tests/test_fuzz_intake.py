@@ -57,6 +57,7 @@ from materializer.prepare import prepare_op
 from oplog.schema import TableSchema
 from oplog.topology import Topology
 from tests import hostile_corpus as hc
+from tests.support import doltlite_genesis
 
 EXAMPLES = int(os.environ.get("OPLOG_FUZZ_EXAMPLES", "1000"))
 BACKEND_EXAMPLES = max(10, EXAMPLES // 4)
@@ -445,21 +446,6 @@ def test_arbitrary_bytes_and_json_on_any_subject_are_recorded(stream: list[Messa
     assert not problems, "\n".join(problems)
 
 
-_GENESIS: list[bytes] = []
-
-
-def _genesis() -> bytes:
-    if not _GENESIS:
-        with tempfile.TemporaryDirectory() as scratch:
-            maker = DoltliteBackend(Path(scratch) / "genesis.db")
-            maker.open()
-            try:
-                _GENESIS.append(maker.create_genesis())
-            finally:
-                maker.close()
-    return _GENESIS[0]
-
-
 @pytest.mark.timeout(TIMEOUT_S)
 @settings(max_examples=BACKEND_EXAMPLES, **FUZZ_SETTINGS)
 @given(streams)
@@ -468,7 +454,7 @@ def test_whatever_planning_lets_through_commits_into_doltlite(stream: list[Messa
         backend = DoltliteBackend(Path(scratch) / "fuzz.db")
         backend.open()
         try:
-            backend.install_snapshot(_genesis())
+            backend.install_snapshot(doltlite_genesis())
             result = run(stream, backend=backend)  # raises if the backend refuses a plan
             problems = violations(result)
             assert not problems, "\n".join(problems)

@@ -54,7 +54,7 @@ from materializer.prepare import prepare_op
 from oplog.stream import ensure_stream
 from oplog.topology import Topology
 from tests import hostile_corpus as hc
-from tests.support import connected
+from tests.support import connected, doltlite_genesis
 
 TOPOLOGY = Topology(db=hc.DB)
 PEERS = hc.PEER_NAMES
@@ -420,19 +420,6 @@ async def test_every_peer_survives_the_hostile_corpus_and_agrees(nats_server: Na
 
 # -- each entry alone, in process ---------------------------------------------------------------
 
-_GENESIS: list[bytes] = []
-
-
-def genesis(directory: Path) -> bytes:
-    if not _GENESIS:
-        maker = DoltliteBackend(directory / "genesis-maker.db")
-        maker.open()
-        try:
-            _GENESIS.append(maker.create_genesis())
-        finally:
-            maker.close()
-    return _GENESIS[0]
-
 
 def stream_message(seq: int, suffix: str, payload: bytes) -> StreamMessage:
     """A StreamMessage as the stream reader makes one from subject ``oplog.<db>.<suffix>``."""
@@ -484,7 +471,7 @@ def test_each_corpus_entry_alone_through_the_pipeline(mode: str, name: str, tmp_
     backend = DoltliteBackend(tmp_path / "alone.db")
     backend.open()
     try:
-        backend.install_snapshot(genesis(tmp_path))
+        backend.install_snapshot(doltlite_genesis())
         try:
             seqs = run_in_process(messages, backend, at_head=mode == "head")
         except Exception:
